@@ -1,0 +1,377 @@
+"""Configuration: the YAML file, `PGREACTIVE_*` environment variables and command-line flags.
+
+Theory of operation.  `load()` merges, in rising precedence, the built-in defaults, the YAML
+file, the environment and the flags into one plain mapping, then `build()` validates it into
+frozen dataclasses.  Validation is strict: an unknown key or a value of the wrong type raises
+`ConfigError` whose message names the key (``cache.default_ttl: expected an integer ≥ 0,
+got 'ten'``); the command line prints that one line and exits with code 2.
+
+Pure: reads only the text and mappings it is given (the caller reads the file and passes
+`os.environ`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A bad configuration value; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """The Postgres the proxy relays to."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    connect_timeout: float = 5.0
+
+    def url(self) -> str:
+        return f"postgresql://{Address(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """What may be cached, for how long, and how big."""
+
+    enabled: bool = True
+    default_ttl: int = 60
+    max_result_bytes: int = 1 << 20
+    ttl: Mapping[str, int] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+    scope_columns: tuple[str, ...] = ("organization_id",)
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Where invalidation events go."""
+
+    channel: str = "pgreactive:invalidations"
+    stream_maxlen: int = 10000
+    requires_ack: bool = True
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Protocol limits and shutdown behaviour."""
+
+    max_message_bytes: int = 256 << 20
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    listen: Address = Address("127.0.0.1", 6543)
+    upstream: UpstreamConfig = UpstreamConfig()
+    redis_url: str | None = None
+    cache: CacheConfig = CacheConfig()
+    relations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    events: EventsConfig = EventsConfig()
+    metrics: Address | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
+    limits: LimitsConfig = LimitsConfig()
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+# Environment variables and the dotted keys they set.
+ENVIRONMENT = {
+    "PGREACTIVE_LISTEN": "listen",
+    "PGREACTIVE_UPSTREAM": "upstream.url",
+    "PGREACTIVE_REDIS": "redis.url",
+    "PGREACTIVE_METRICS": "metrics.listen",
+    "PGREACTIVE_LOG_LEVEL": "log.level",
+    "PGREACTIVE_LOG_FORMAT": "log.format",
+    "PGREACTIVE_CACHE_ENABLED": "cache.enabled",
+}
+
+
+def load(
+    text: str | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any],
+) -> Config:
+    """Merge file text, environment and flag overrides (dotted keys) into a `Config`."""
+    raw: dict[str, Any] = {}
+    if text is not None:
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file: invalid YAML{where}") from exc
+        if parsed is not None and not isinstance(parsed, dict):
+            raise ConfigError("config file: expected a mapping at the top level")
+        raw = parsed or {}
+    for variable, key in ENVIRONMENT.items():
+        if variable in environ:
+            _set(raw, key, _env_value(environ[variable]))
+    for key, value in overrides.items():
+        _set(raw, key, value)
+    return build(raw)
+
+
+def _env_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def build(raw: Mapping[str, Any]) -> Config:
+    """Validate a merged mapping into a `Config`."""
+    sections: dict[str, Callable[[Any], Any]] = {
+        "listen": lambda v: parse_address("listen", v),
+        "upstream": _upstream,
+        "redis": _redis,
+        "cache": _cache,
+        "relations": _relations,
+        "events": _events,
+        "metrics": _metrics,
+        "log": _log,
+        "limits": _limits,
+    }
+    _no_unknown("", raw, sections)
+    values: dict[str, Any] = {}
+    for key, parse in sections.items():
+        if key in raw and raw[key] is not None:
+            result = parse(raw[key])
+            if key == "redis":
+                values["redis_url"] = result
+            elif key == "log":
+                values["log_level"], values["log_format"] = result
+            else:
+                values[key] = result
+    return Config(**values)
+
+
+def _no_unknown(prefix: str, raw: Mapping[str, Any], known: Mapping[str, Any]) -> None:
+    for key in raw:
+        if key not in known:
+            where = f"{prefix}{key}"
+            raise ConfigError(f"{where}: unknown key (expected one of: {', '.join(known)})")
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {_show(value)}")
+    return value
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _int(key: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {_show(value)}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {number}")
+    return number
+
+
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key}: expected a number >= 0, got {_show(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number >= 0, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{key}: expected a number >= 0, got {number}")
+    return number
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+    return value
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+    return value
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {_show(value)}")
+    return tuple(value)
+
+
+def parse_address(key: str, value: Any) -> Address:
+    """``HOST:PORT`` (or ``[v6]:PORT``) into an `Address`."""
+    text = _str(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    return Address(host.strip("[]"), _port(key, port))
+
+
+def _port(key: str, value: Any) -> int:
+    port = _int(key, value, 1)
+    if port > 65535:
+        raise ConfigError(f"{key}: port must be 1..65535, got {port}")
+    return port
+
+
+def _upstream(value: Any) -> UpstreamConfig:
+    raw = _mapping("upstream", value)
+    _no_unknown("upstream.", raw, {"url": 0, "host": 0, "port": 0, "connect_timeout": 0})
+    host, port = UpstreamConfig.host, UpstreamConfig.port
+    if "url" in raw:
+        host, port = _upstream_url(raw["url"])
+    if "host" in raw:
+        host = _str("upstream.host", raw["host"])
+    if "port" in raw:
+        port = _port("upstream.port", raw["port"])
+    timeout = UpstreamConfig.connect_timeout
+    if "connect_timeout" in raw:
+        timeout = _float("upstream.connect_timeout", raw["connect_timeout"])
+    return UpstreamConfig(host, port, timeout)
+
+
+def _upstream_url(value: Any) -> tuple[str, int]:
+    text = _str("upstream.url", value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(f"upstream.url: expected postgresql://HOST:PORT, got {text!r}")
+    if parts.username or parts.password or parts.path not in ("", "/"):
+        raise ConfigError(
+            "upstream.url: give only HOST:PORT (clients bring their own user and database)"
+        )
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise ConfigError(f"upstream.url: invalid port in {text!r}") from None
+    return parts.hostname, port
+
+
+def _redis(value: Any) -> str | None:
+    raw = _mapping("redis", value)
+    _no_unknown("redis.", raw, {"url": 0})
+    url = raw.get("url")
+    if url is None or url == "":
+        return None
+    text = _str("redis.url", url)
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"redis.url: expected redis://HOST:PORT/DB, got {text!r}")
+    return text
+
+
+def _cache(value: Any) -> CacheConfig:
+    raw = _mapping("cache", value)
+    keys = ("enabled", "default_ttl", "max_result_bytes", "ttl", "exclude", "scope_columns")
+    _no_unknown("cache.", raw, dict.fromkeys(keys))
+    d = CacheConfig()
+    ttl = _mapping("cache.ttl", raw.get("ttl") or {})
+    return CacheConfig(
+        enabled=_bool("cache.enabled", raw.get("enabled", d.enabled)),
+        default_ttl=_int("cache.default_ttl", raw.get("default_ttl", d.default_ttl), 1),
+        max_result_bytes=_int(
+            "cache.max_result_bytes", raw.get("max_result_bytes", d.max_result_bytes)
+        ),
+        ttl={str(t): _int(f"cache.ttl.{t}", s, 1) for t, s in ttl.items()},
+        exclude=_str_list("cache.exclude", raw.get("exclude") or []),
+        scope_columns=_str_list("cache.scope_columns", raw.get("scope_columns", ["organization_id"])),
+    )
+
+
+def _relations(value: Any) -> Mapping[str, tuple[str, ...]]:
+    raw = _mapping("relations", value)
+    out: dict[str, tuple[str, ...]] = {}
+    for table, targets in raw.items():
+        key = f"relations.{table}"
+        items = _str_list(key, targets)
+        for item in items:
+            if item.count(".") < 1 or not all(item.split(".")):
+                raise ConfigError(f"{key}: expected TABLE.COLUMN entries, got {item!r}")
+        out[str(table)] = items
+    return out
+
+
+def _events(value: Any) -> EventsConfig:
+    raw = _mapping("events", value)
+    _no_unknown("events.", raw, dict.fromkeys(("channel", "stream_maxlen", "requires_ack", "source")))
+    d = EventsConfig()
+    return EventsConfig(
+        channel=_str("events.channel", raw.get("channel", d.channel)),
+        stream_maxlen=_int("events.stream_maxlen", raw.get("stream_maxlen", d.stream_maxlen), 1),
+        requires_ack=_bool("events.requires_ack", raw.get("requires_ack", d.requires_ack)),
+        source=_str("events.source", raw.get("source", d.source)),
+    )
+
+
+def _metrics(value: Any) -> Address | None:
+    raw = _mapping("metrics", value)
+    _no_unknown("metrics.", raw, {"listen": 0})
+    listen = raw.get("listen")
+    return None if listen in (None, "") else parse_address("metrics.listen", listen)
+
+
+def _log(value: Any) -> tuple[str, str]:
+    raw = _mapping("log", value)
+    _no_unknown("log.", raw, {"level": 0, "format": 0})
+    level = _str("log.level", raw.get("level", "INFO")).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    fmt = _str("log.format", raw.get("format", "text"))
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"log.format: expected text or json, got {fmt!r}")
+    return level, fmt
+
+
+def _limits(value: Any) -> LimitsConfig:
+    raw = _mapping("limits", value)
+    _no_unknown("limits.", raw, {"max_message_bytes": 0, "shutdown_grace_seconds": 0})
+    d = LimitsConfig()
+    return LimitsConfig(
+        max_message_bytes=_int(
+            "limits.max_message_bytes", raw.get("max_message_bytes", d.max_message_bytes), 5
+        ),
+        shutdown_grace_seconds=_float(
+            "limits.shutdown_grace_seconds",
+            raw.get("shutdown_grace_seconds", d.shutdown_grace_seconds),
+        ),
+    )

@@ -1,0 +1,42 @@
+"""Errors the proxy itself raises, each carrying the SQLSTATE and severity it is sent as.
+
+Pure code raises these; the session shell catches them in one place and renders them with
+`as_error_response()`.  An ErrorResponse that comes from Postgres is never an exception:
+it is data, forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+from proxy import codec
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy turns into an ErrorResponse."""
+
+    sqlstate = "XX000"
+    severity = "FATAL"
+
+    def as_error_response(self) -> bytes:
+        return codec.error_response(self.severity, self.sqlstate, str(self))
+
+
+class ProtocolViolation(ProxyError):
+    """Malformed or out-of-place client bytes: the session ends."""
+
+    sqlstate = "08P01"
+
+
+class MessageTooLarge(ProtocolViolation):
+    """A client message longer than the configured maximum."""
+
+
+class UpstreamUnavailable(ProxyError):
+    """The proxy could not reach, or lost, its upstream Postgres."""
+
+    sqlstate = "08006"
+
+
+class ShuttingDown(ProxyError):
+    """The proxy is stopping (SIGTERM/SIGINT), as Postgres says on a fast shutdown."""
+
+    sqlstate = "57P01"

@@ -1,0 +1,170 @@
+"""Framing: where messages begin and end in the two byte streams.
+
+Theory of operation.  Two readers, both sans-IO (`feed(bytes)` in, messages out):
+
+* `FrontendReader` reads what a client sends.  It starts in start-up mode (untagged packets:
+  Int32 length, then body) and switches to tagged messages once told to.  Client messages
+  are returned whole, because the proxy decodes most of them; a message longer than
+  `max_message_bytes` (or a start-up packet over 10000 bytes) is a protocol violation, and
+  nothing is allocated from a declared length: bytes are buffered only as they arrive.
+
+* `BackendScanner` reads what Postgres sends and must stay cheap per byte: results of any
+  size stream through it.  It returns only the messages whose tag is in its `decode` set
+  (whole, as ``(tag, payload)``); every other message is skipped by length without being
+  copied, so a DataRow costs one header read.  The caller forwards the raw chunks it fed.
+
+Invariants: a length field below 4 is a violation; no reader ever returns a partial message;
+feeding the same bytes in any split gives the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from proxy.codec import FRONTEND_TAGS, MAX_STARTUP_PACKET
+from proxy.errors import MessageTooLarge, ProtocolViolation
+
+# PG's PQ_SMALL_MESSAGE_LIMIT applies to these frontend messages (postgres.c SocketBackend).
+_SMALL_MESSAGE_LIMIT = 10000
+_SMALL_MESSAGES = frozenset(b"SHcfX")
+
+
+class FrontendReader:
+    """Splits the client's byte stream into whole messages."""
+
+    __slots__ = ("_buf", "max_message_bytes", "startup")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._buf = bytearray()
+        self.max_message_bytes = max_message_bytes
+        self.startup = True  # untagged start-up packets until the caller switches
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Add bytes; return the complete messages as ``(tag, whole message bytes)``.
+
+        In start-up mode the tag is 0 and the bytes are the whole untagged packet.
+        """
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while True:
+            if self.startup:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos : pos + 4], "big")
+                if length < 8 or length > MAX_STARTUP_PACKET:
+                    raise ProtocolViolation("invalid length of startup packet")
+                if end - pos < length:
+                    break
+                out.append((0, bytes(buf[pos : pos + length])))
+                pos += length
+                # One start-up packet at a time: the caller decides what mode comes next.
+                break
+            if end - pos < 5:
+                break
+            tag = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            self._check(tag, length)
+            if end - pos < length + 1:
+                break
+            out.append((tag, bytes(buf[pos : pos + 1 + length])))
+            pos += 1 + length
+        if pos:
+            del buf[:pos]
+        return out
+
+    def pending(self) -> bytes:
+        """Bytes received but not yet returned as a message."""
+        return bytes(self._buf)
+
+    def _check(self, tag: int, length: int) -> None:
+        if tag not in FRONTEND_TAGS:
+            raise ProtocolViolation(f"invalid frontend message type {tag}")
+        if length < 4:
+            raise ProtocolViolation(f"invalid message length {length}")
+        limit = _SMALL_MESSAGE_LIMIT if tag in _SMALL_MESSAGES else self.max_message_bytes
+        if length > limit:
+            raise MessageTooLarge(
+                f"message of type {chr(tag)!r} is {length} bytes, over the limit of {limit}"
+            )
+
+
+class BackendScanner:
+    """Finds message boundaries in the upstream's byte stream without buffering results."""
+
+    __slots__ = ("_partial", "_skip", "decode")
+
+    def __init__(self, decode: Iterable[int]) -> None:
+        self.decode = frozenset(decode)
+        self._partial = bytearray()  # an incomplete header, or an incomplete decoded message
+        self._skip = 0  # bytes of a skipped message still to come
+
+    def at_boundary(self) -> bool:
+        """True when everything fed so far ended exactly at a message boundary."""
+        return not self._skip and not self._partial
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Scan one chunk; return the decoded messages in it as ``(tag, payload)``."""
+        out: list[tuple[int, bytes]] = []
+        n = len(data)
+        pos = 0
+        if self._skip:
+            if self._skip >= n:
+                self._skip -= n
+                return out
+            pos, self._skip = self._skip, 0
+        if self._partial:
+            pos = self._complete_partial(data, pos, out)
+            if pos < 0:
+                return out
+        decode = self.decode
+        while pos < n:
+            if n - pos < 5:
+                self._partial += data[pos:]
+                break
+            tag = data[pos]
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            if length < 4:
+                raise ProtocolViolation(f"invalid backend message length {length}")
+            end = pos + 1 + length
+            if tag in decode:
+                if end > n:
+                    self._partial += data[pos:]
+                    break
+                out.append((tag, data[pos + 5 : end]))
+            elif end > n:
+                self._skip = end - n
+                break
+            pos = end
+        return out
+
+    def _complete_partial(self, data: bytes, pos: int, out: list[tuple[int, bytes]]) -> int:
+        """Finish the message begun in `_partial`; return the new position or -1 if short."""
+        partial = self._partial
+        if len(partial) < 5:
+            need = 5 - len(partial)
+            partial += data[pos : pos + need]
+            pos += need
+            if len(partial) < 5:
+                return -1
+        tag = partial[0]
+        length = int.from_bytes(partial[1:5], "big")
+        if length < 4:
+            raise ProtocolViolation(f"invalid backend message length {length}")
+        if tag not in self.decode:
+            # Only the header was split; skip the body as usual.
+            partial.clear()
+            remaining = length - 4
+            if pos + remaining > len(data):
+                self._skip = pos + remaining - len(data)
+                return -1
+            return pos + remaining
+        need = 1 + length - len(partial)
+        partial += data[pos : pos + need]
+        if len(partial) < 1 + length:
+            return -1
+        out.append((tag, bytes(partial[5:])))
+        partial.clear()
+        return pos + need

@@ -1,0 +1,81 @@
+"""HTTP endpoints on the metrics address: /metrics, /healthz, /readyz.
+
+Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET only.
+`/readyz` answers 200 when a TCP connection to the upstream succeeds, else 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from proxy.config import Config
+
+log = logging.getLogger("pgreactive.http")
+
+
+class HttpEndpoints:
+    """Serves the observability endpoints for one proxy process."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        assert self.config.metrics is not None
+        address = self.config.metrics
+        self._server = await asyncio.start_server(
+            self._handle, address.host, address.port, reuse_address=True
+        )
+        log.info("metrics on http://%s/metrics", address)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                request = await reader.readline()
+                while (await reader.readline()).strip():
+                    pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            status, ctype, body = await self._route(parts[0] if parts else "", path)
+            head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+            head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (OSError, TimeoutError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method != "GET":
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            upstream = await self._upstream_reachable()
+            body = json.dumps({"upstream": upstream, "redis": "not configured"}).encode()
+            status = "200 OK" if upstream else "503 Service Unavailable"
+            return status, "application/json", body + b"\n"
+        return "404 Not Found", "text/plain", b"not found\n"
+
+    async def _upstream_reachable(self) -> bool:
+        upstream = self.config.upstream
+        try:
+            async with asyncio.timeout(min(upstream.connect_timeout, 2.0)):
+                _, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True

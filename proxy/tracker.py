@@ -1,0 +1,211 @@
+"""Response tracker: which request each backend message answers, and what the session holds.
+
+Theory of operation.  Every client request that Postgres answers pushes one `Pending` entry
+(in the order it was sent); backend messages pop them as the protocol says they are answered
+(PGdocs "Message Flow").  From this the session knows at any moment what is in flight, which
+Execute a DataRow belongs to, which prepared statements and portals exist upstream (updated
+only when Postgres confirms them, so pipeline order is respected — PITFALLS B11), and the
+transaction status of the last ReadyForQuery.
+
+Rules the tracker encodes (each has a conversation test):
+
+* Simple Query: one entry, answered by everything up to its ReadyForQuery.
+* Extended: Parse→ParseComplete, Bind→BindComplete, Describe→(ParameterDescription)
+  RowDescription|NoData, Execute→CommandComplete|EmptyQueryResponse|PortalSuspended,
+  Close→CloseComplete, Sync→ReadyForQuery; Flush gets no answer.
+* An ErrorResponse during extended-protocol messages makes Postgres discard every message up
+  to the next Sync ("skip till Sync"), including a simple Query: those entries are dropped,
+  and entries pushed while skipping are not recorded at all.
+* COPY FROM STDIN: after CopyInResponse, the backend ignores Flush and Sync until CopyDone or
+  CopyFail (PGdocs "COPY Operations"), so Syncs sent in that window get no ReadyForQuery.
+
+It knows no sockets, no cache and nothing about SQL beyond command tags.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from proxy.codec import BackendTag, TxnStatus
+
+
+class Request(Enum):
+    """What a pending entry is waiting to be answered for."""
+
+    QUERY = auto()
+    FUNCTION_CALL = auto()
+    PARSE = auto()
+    BIND = auto()
+    DESCRIBE = auto()
+    EXECUTE = auto()
+    CLOSE = auto()
+    SYNC = auto()
+    COPY_END = auto()  # the client's CopyDone/CopyFail: answered by nothing, only a marker
+
+
+@dataclass(slots=True)
+class Pending:
+    """One request awaiting its response.  `name`/`sql` are set where they apply."""
+
+    request: Request
+    name: str = ""
+    sql: str = ""
+    kind: str = ""  # 'S' or 'P' for Describe and Close
+    param_oids: tuple[int, ...] = ()
+    statement: str = ""  # for Bind: the statement the portal is built from
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStatement:
+    """A statement Postgres has confirmed with ParseComplete."""
+
+    sql: str
+    param_oids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Tracker:
+    """Pending requests plus the statements and portals that exist upstream."""
+
+    pending: deque[Pending] = field(default_factory=deque)
+    statements: dict[str, PreparedStatement] = field(default_factory=dict)
+    portals: dict[str, str] = field(default_factory=dict)  # portal → statement name
+    status: TxnStatus = TxnStatus.IDLE
+    skipping: bool = False  # Postgres is discarding messages until Sync
+    copy_in: bool = False  # the backend is in copy-in mode
+    extended_since_sync: bool = False  # an extended message was sent since the last Sync
+
+    # --- client side ---------------------------------------------------------------
+
+    def push(self, entry: Pending) -> None:
+        """Record a request forwarded to Postgres, in send order."""
+        request = entry.request
+        if request is Request.COPY_END:
+            if self.copy_in:
+                self.copy_in = False
+            elif not self.skipping and self.pending:
+                self.pending.append(entry)  # the COPY's CopyInResponse may still be coming
+            return
+        if request is Request.SYNC:
+            self.extended_since_sync = False
+            if self.copy_in:
+                return  # ignored by the backend in copy-in mode
+            self.skipping = False
+        elif self.skipping:
+            return  # Postgres will discard it without a word
+        elif request is not Request.QUERY and request is not Request.FUNCTION_CALL:
+            self.extended_since_sync = True
+        self.pending.append(entry)
+
+    def idle(self) -> bool:
+        """Nothing is in flight: every request has been answered."""
+        if self.copy_in:
+            return False
+        return all(entry.request is Request.COPY_END for entry in self.pending)
+
+    # --- backend side --------------------------------------------------------------
+
+    def on_backend(self, tag: int, payload: bytes) -> Pending | None:
+        """Account for one backend message; return the entry it completed, if any."""
+        pending = self.pending
+        while pending and pending[0].request is Request.COPY_END:
+            pending.popleft()  # a copy that ended before its marker was reached
+        head = pending[0] if pending else None
+        match tag:
+            case BackendTag.READY_FOR_QUERY:
+                return self._ready(payload)
+            case BackendTag.ERROR_RESPONSE:
+                return self._error(head)
+            case (
+                BackendTag.PARSE_COMPLETE
+                | BackendTag.BIND_COMPLETE
+                | BackendTag.CLOSE_COMPLETE
+                | BackendTag.ROW_DESCRIPTION
+                | BackendTag.NO_DATA
+            ):
+                if head is None or head.request in (Request.QUERY, Request.FUNCTION_CALL):
+                    return None
+                pending.popleft()
+                self._confirm(head)
+                return head
+            case (
+                BackendTag.COMMAND_COMPLETE
+                | BackendTag.EMPTY_QUERY_RESPONSE
+                | BackendTag.PORTAL_SUSPENDED
+            ):
+                if tag == BackendTag.COMMAND_COMPLETE:
+                    self._command_tag(payload)
+                if head is not None and head.request is Request.EXECUTE:
+                    return pending.popleft()
+                return None
+            case BackendTag.COPY_IN_RESPONSE:
+                self._enter_copy_in()
+        return None
+
+    def _confirm(self, entry: Pending) -> None:
+        match entry.request:
+            case Request.PARSE:
+                self.statements[entry.name] = PreparedStatement(entry.sql, entry.param_oids)
+            case Request.BIND:
+                self.portals[entry.name] = entry.statement
+            case Request.CLOSE if entry.kind == "S":
+                self.statements.pop(entry.name, None)
+            case Request.CLOSE:
+                self.portals.pop(entry.name, None)
+
+    def _ready(self, payload: bytes) -> Pending | None:
+        self.status = TxnStatus(payload[0]) if payload else TxnStatus.IDLE
+        self.copy_in = False
+        self.skipping = False
+        if self.status is TxnStatus.IDLE:
+            self.portals.clear()  # portals live until the end of their transaction
+        pending = self.pending
+        while pending:
+            entry = pending.popleft()
+            if entry.request in (Request.SYNC, Request.QUERY, Request.FUNCTION_CALL):
+                return entry
+            # Anything still ahead of the Sync went unanswered: drop it (desync guard).
+        return None
+
+    def _error(self, head: Pending | None) -> Pending | None:
+        self.copy_in = False
+        if head is None or head.request in (Request.QUERY, Request.FUNCTION_CALL):
+            return None  # the simple Query still ends with its ReadyForQuery
+        if head.request is Request.SYNC:
+            return None  # e.g. a deferred constraint failing at the implicit COMMIT
+        # Skip till Sync: every entry before the next Sync gets no response.
+        pending = self.pending
+        failed = pending.popleft()
+        while pending and pending[0].request is not Request.SYNC:
+            pending.popleft()
+        if not pending:
+            self.skipping = True
+        return failed
+
+    def _enter_copy_in(self) -> None:
+        self.copy_in = True
+        # Syncs (and Flushes, never recorded) the client sent after the COPY's Execute and
+        # before its CopyDone/CopyFail reach the backend in copy-in mode and are ignored.
+        kept: deque[Pending] = deque()
+        pending = self.pending
+        if pending:
+            kept.append(pending.popleft())
+        while pending:
+            entry = pending.popleft()
+            if entry.request is Request.COPY_END:
+                self.copy_in = False
+                kept.extend(pending)
+                pending.clear()
+                break
+            if entry.request is not Request.SYNC:
+                kept.append(entry)
+        self.pending = kept
+
+    def _command_tag(self, payload: bytes) -> None:
+        # DEALLOCATE ALL and DISCARD ALL drop every prepared statement (PITFALLS B11: keyed
+        # on the CommandComplete tag, so a Parse pipelined after them survives).
+        if payload.startswith((b"DEALLOCATE ALL", b"DISCARD ALL")):
+            self.statements.clear()
+            self.portals.clear()

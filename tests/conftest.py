@@ -1,0 +1,121 @@
+"""Shared fixtures: the real local Postgres and Redis, and proxies started as subprocesses.
+
+Integration tests talk to the Postgres at 127.0.0.1:5432 (trust auth, database ``test``) and
+to a pgreactive started with the same command line a user runs (``python -m proxy ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+PG_HOST = os.environ.get("PGREACTIVE_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGREACTIVE_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("PGREACTIVE_TEST_PG_USER", "postgres")
+PG_DB = os.environ.get("PGREACTIVE_TEST_PG_DB", "test")
+
+_LISTENING = re.compile(r"listening on (\S+):(\d+),")
+
+
+def dsn(host: str, port: int, *, dbname: str = PG_DB, user: str = PG_USER, **extra: str) -> str:
+    """A libpq connection string."""
+    parts = {"host": host, "port": str(port), "dbname": dbname, "user": user, **extra}
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+@dataclass
+class ProxyProcess:
+    """A pgreactive subprocess and where it listens."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    lines: list[str] = field(default_factory=list)
+
+    def dsn(self, **kwargs: str) -> str:
+        return dsn(self.host, self.port, **kwargs)
+
+    def url(self, *, dbname: str = PG_DB, user: str = PG_USER) -> str:
+        return f"postgresql://{user}@{self.host}:{self.port}/{dbname}"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 15) -> ProxyProcess:
+    """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens."""
+    argv = [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", *args]
+    if not any(a.startswith("--upstream") for a in args):
+        argv += ["--upstream", f"postgresql://{PG_HOST}:{PG_PORT}"]
+    process = subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        line = process.stderr.readline()
+        if not line:
+            process.wait()
+            raise RuntimeError("proxy exited before listening:\n" + "".join(lines))
+        lines.append(line.rstrip("\n"))
+        match = _LISTENING.search(line)
+        if match:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("proxy did not start listening:\n" + "".join(lines))
+    proxy = ProxyProcess(process, match.group(1), int(match.group(2)), lines)
+
+    def drain() -> None:  # keep reading stderr so the proxy never blocks on a full pipe
+        assert process.stderr is not None
+        for rest in process.stderr:
+            proxy.lines.append(rest.rstrip("\n"))
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proxy
+
+
+@pytest.fixture(scope="session")
+def proxy() -> Iterator[ProxyProcess]:
+    """One pass-through proxy (caching off) shared by the whole test run."""
+    p = start_proxy("--no-cache")
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def fresh_proxy() -> Iterator[ProxyProcess]:
+    """A proxy of the test's own, for tests that stop or upset it."""
+    p = start_proxy("--no-cache")
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def direct_dsn() -> str:
+    return dsn(PG_HOST, PG_PORT)
