@@ -259,14 +259,15 @@ def _port(key: str, value: Any) -> int:
 def _upstream(value: Any) -> UpstreamConfig:
     raw = _mapping("upstream", value)
     _no_unknown("upstream.", raw, {"url": 0, "host": 0, "port": 0, "connect_timeout": 0})
-    host, port = UpstreamConfig.host, UpstreamConfig.port
+    d = UpstreamConfig()
+    host, port = d.host, d.port
     if "url" in raw:
         host, port = _upstream_url(raw["url"])
     if "host" in raw:
         host = _str("upstream.host", raw["host"])
     if "port" in raw:
         port = _port("upstream.port", raw["port"])
-    timeout = UpstreamConfig.connect_timeout
+    timeout = d.connect_timeout
     if "connect_timeout" in raw:
         timeout = _float("upstream.connect_timeout", raw["connect_timeout"])
     return UpstreamConfig(host, port, timeout)
@@ -314,7 +315,9 @@ def _cache(value: Any) -> CacheConfig:
         ),
         ttl={str(t): _int(f"cache.ttl.{t}", s, 1) for t, s in ttl.items()},
         exclude=_str_list("cache.exclude", raw.get("exclude") or []),
-        scope_columns=_str_list("cache.scope_columns", raw.get("scope_columns", ["organization_id"])),
+        scope_columns=_str_list(
+            "cache.scope_columns", raw.get("scope_columns", list(d.scope_columns))
+        ),
     )
 
 
@@ -333,7 +336,8 @@ def _relations(value: Any) -> Mapping[str, tuple[str, ...]]:
 
 def _events(value: Any) -> EventsConfig:
     raw = _mapping("events", value)
-    _no_unknown("events.", raw, dict.fromkeys(("channel", "stream_maxlen", "requires_ack", "source")))
+    keys = ("channel", "stream_maxlen", "requires_ack", "source")
+    _no_unknown("events.", raw, dict.fromkeys(keys))
     d = EventsConfig()
     return EventsConfig(
         channel=_str("events.channel", raw.get("channel", d.channel)),

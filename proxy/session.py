@@ -25,12 +25,14 @@ from collections.abc import Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
+from analyzer import Kind, TxnCommand, analyze
 from proxy import codec
-from proxy.codec import BackendTag, FrontendTag
+from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import ProtocolViolation, ProxyError, ShuttingDown, UpstreamUnavailable
 from proxy.framing import BackendScanner, FrontendReader
+from proxy.state import Settings
 from proxy.tracker import Pending, Request, Tracker
-from proxy.upstream import UpstreamProtocol, connect, send_cancel
+from proxy.upstream import UpstreamProtocol, connect
 
 if TYPE_CHECKING:
     from proxy.server import Server
@@ -60,6 +62,9 @@ _DECODED = frozenset(
     )
 )
 _FATAL_MARKERS = (b"VFATAL\x00", b"VPANIC\x00")
+# CommandComplete tags of statements that change session settings or end a transaction.
+_SETTINGS_TAGS = (b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK")
+_END_TAGS = {b"COMMIT\x00": True, b"PREPARE TRANSACTION\x00": True, b"ROLLBACK\x00": False}
 
 
 class State(Enum):
@@ -113,6 +118,10 @@ class ClientSession(asyncio.Protocol):
         self.tracker = Tracker()
         self.startup: codec.StartupMessage | None = None
         self.parameters: dict[str, str] = {}  # from ParameterStatus
+        self.settings = Settings()  # every setting's current value (ParameterStatus + SQL)
+        self._completed_in_query = 0  # CommandCompletes seen in the current simple Query
+        self._txn_outcome: bool | None = None  # COMMIT (True) / ROLLBACK (False) seen
+        self._error_since_ready = False
         self.backend_key: tuple[int, bytes] | None = None
         self.draining = False  # shutting down: close at the next idle moment
         self._early: list[bytes] = []  # client bytes that arrived while connecting
@@ -203,6 +212,7 @@ class ClientSession(asyncio.Protocol):
         if "user" not in params:
             raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
         self.startup = codec.StartupMessage(3, 0, params)
+        self.settings = Settings.from_startup(params)
         raw = params.get("replication", "false").lower() not in ("false", "off", "no", "0")
         self.state = State.CONNECTING
         self._raw_after_connect = raw
@@ -279,12 +289,18 @@ class ClientSession(asyncio.Protocol):
             if tag == BackendTag.PARAMETER_STATUS:
                 name, value = codec.decode_parameter_status(payload)
                 self.parameters[name] = value
+                self.settings.reported(name, value)
             elif tag == BackendTag.ERROR_RESPONSE:
                 if any(marker in payload for marker in _FATAL_MARKERS):
                     self._upstream_closing = True
+                self._error_since_ready = True
                 tracker.on_backend(tag, payload)
             elif self.state is State.READY:
+                if tag == BackendTag.COMMAND_COMPLETE:
+                    self._command_complete(payload)
                 tracker.on_backend(tag, payload)
+                if tag == BackendTag.READY_FOR_QUERY:
+                    self._ready()
             elif tag == BackendTag.AUTHENTICATION:
                 if codec.auth_code(payload) == codec.AuthCode.OK:
                     self.state = State.READY  # authenticated: what follows is relayed
@@ -294,6 +310,58 @@ class ClientSession(asyncio.Protocol):
         self._write_client(data)
         if self.draining and self.tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
+
+    # --- session settings ----------------------------------------------------------
+
+    def _command_complete(self, tag: bytes) -> None:
+        """Track SET/RESET/DISCARD and transaction ends from a CommandComplete."""
+        head = self.tracker.pending[0] if self.tracker.pending else None
+        index = 0
+        if head is not None and head.request is Request.QUERY:
+            index = self._completed_in_query
+            self._completed_in_query += 1
+        if tag in _END_TAGS and tag != b"ROLLBACK\x00":
+            self._txn_outcome = _END_TAGS[tag]
+            return
+        if not tag.startswith(_SETTINGS_TAGS) or head is None:
+            return
+        sql = self._sql_of(head)
+        statements = analyze(sql).statements if sql else ()
+        if index >= len(statements):
+            return
+        statement = statements[index]
+        txn = statement.transaction
+        if txn is not None and txn.savepoint is not None:
+            match txn.command:
+                case TxnCommand.SAVEPOINT:
+                    self.settings.savepoint(txn.savepoint)
+                case TxnCommand.ROLLBACK_TO:
+                    self.settings.rollback_to(txn.savepoint)
+                    self._error_since_ready = False  # the transaction is usable again
+                case TxnCommand.RELEASE:
+                    self.settings.release(txn.savepoint)
+        elif tag == b"ROLLBACK\x00":
+            self._txn_outcome = False
+        elif statement.kind is Kind.SESSION:
+            for change in statement.session_changes:
+                self.settings.apply(change.action, change.name, change.value, change.local)
+
+    def _sql_of(self, entry: Pending) -> str:
+        if entry.request is Request.QUERY:
+            return entry.sql
+        statement = self.tracker.portals.get(entry.name)
+        prepared = self.tracker.statements.get(statement) if statement is not None else None
+        return prepared.sql if prepared is not None else ""
+
+    def _ready(self) -> None:
+        self._completed_in_query = 0
+        if self.tracker.status is TxnStatus.IDLE:
+            committed = self._txn_outcome
+            if committed is None:
+                committed = not self._error_since_ready  # an implicit transaction
+            self.settings.end_transaction(committed)
+            self._txn_outcome = None
+            self._error_since_ready = False
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None

@@ -29,7 +29,13 @@ _LISTENING = re.compile(r"listening on (\S+):(\d+),")
 def dsn(host: str, port: int, *, dbname: str = PG_DB, user: str = PG_USER, **extra: str) -> str:
     """A libpq connection string."""
     parts = {"host": host, "port": str(port), "dbname": dbname, "user": user, **extra}
-    return " ".join(f"{k}={v}" for k, v in parts.items())
+    return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+
+def _quote(value: str) -> str:
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass

@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Both create .venv and install the project into it (once, and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+LISTEN ?= 127.0.0.1:6543
+UPSTREAM ?= postgresql://127.0.0.1:5432
+
+.PHONY: run test lint install
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) $(ARGS)
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check proxy analyzer cache tests bench
+	$(VENV)/bin/mypy

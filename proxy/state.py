@@ -1,0 +1,136 @@
+"""Session settings: what every setting of a session is now, with transactional semantics.
+
+Theory of operation.  Postgres reports some settings itself (ParameterStatus, the GUC_REPORT
+ones); the others change only through SQL (`SET`, `RESET`, `DISCARD`, `SET ROLE`, ...), and a
+SET is undone by ROLLBACK, by ROLLBACK TO SAVEPOINT, and SET LOCAL ends with its transaction
+(PITFALLS C11).  `Settings` keeps three layers:
+
+* `committed`: values that survive the transaction (start-up parameters, committed SETs,
+  ParameterStatus reports, which are authoritative whenever they come);
+* the transaction layer: SETs made inside the current transaction, with a snapshot per
+  savepoint so ROLLBACK TO can restore it;
+* the local layer: SET LOCAL, dropped at the end of the transaction.
+
+The session calls `apply()` when a statement that changes settings completes, the
+`savepoint`/`rollback_to`/`release` methods for savepoint commands, and `end_transaction()`
+at a ReadyForQuery that leaves the transaction (committed=True unless it rolled back).
+
+`RESET x` returns `x` to its value at session start when the start-up packet set it, else to
+`DEFAULT` (the server default for this role and database — the same for every session of that
+role and database, which is all a cache key needs).  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+DEFAULT = "\x00default"  # "whatever the server default is" (never a real setting value)
+
+# Start-up packet keys that are not settings.
+_NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
+_OPTION = re.compile(r"(?:-c\s*|--)((?:\\.|[^\s\\])+)")
+
+
+def startup_settings(parameters: dict[str, str]) -> dict[str, str]:
+    """Settings given in a StartupMessage: plain parameters plus ``options=-c name=value``."""
+    settings = {k.lower(): v for k, v in parameters.items() if k not in _NOT_SETTINGS}
+    for match in _OPTION.finditer(parameters.get("options", "")):
+        name, sep, value = re.sub(r"\\(.)", r"\1", match.group(1)).partition("=")
+        if sep:
+            settings[name.replace("-", "_").lower()] = value
+    if "user" in parameters:
+        settings.setdefault("session_authorization", parameters["user"])
+    return settings
+
+
+@dataclass(slots=True)
+class Settings:
+    """The effective settings of one session."""
+
+    committed: dict[str, str] = field(default_factory=dict)
+    initial: dict[str, str] = field(default_factory=dict)
+    txn: dict[str, str] = field(default_factory=dict)
+    local: dict[str, str] = field(default_factory=dict)
+    savepoints: list[tuple[str, dict[str, str], dict[str, str]]] = field(default_factory=list)
+
+    @classmethod
+    def from_startup(cls, parameters: dict[str, str]) -> Settings:
+        initial = startup_settings(parameters)
+        return cls(committed=dict(initial), initial=initial)
+
+    def get(self, name: str) -> str | None:
+        name = name.lower()
+        for layer in (self.local, self.txn, self.committed):
+            if name in layer:
+                return layer[name]
+        return None
+
+    def effective(self) -> dict[str, str]:
+        """Every known setting with its current value."""
+        return {**self.committed, **self.txn, **self.local}
+
+    # --- changes -------------------------------------------------------------------
+
+    def reported(self, name: str, value: str) -> None:
+        """A ParameterStatus from the server: the current value, whatever layer set it."""
+        name = name.lower()
+        self.committed[name] = value
+        self.txn.pop(name, None)
+        self.local.pop(name, None)
+
+    def apply(self, action: str, name: str | None, value: str | None, local: bool) -> None:
+        """A completed SET / RESET / DISCARD (the analyzer's `SessionChange` fields)."""
+        match action:
+            case "set" if name is not None:
+                self._set(name.lower(), value if value is not None else DEFAULT, local)
+            case "reset" if name is not None:
+                key = name.lower()
+                self._set(key, self.initial.get(key, DEFAULT), local)
+            case "reset_all" | "discard_all":
+                self.local.clear()
+                self.txn = {k: self.initial.get(k, DEFAULT) for k in self.effective()}
+                if action == "discard_all":
+                    self.txn["role"] = DEFAULT
+
+    def _set(self, name: str, value: str, local: bool) -> None:
+        if local:
+            self.local[name] = value
+        else:
+            self.local.pop(name, None)
+            self.txn[name] = value
+
+    # --- transactions --------------------------------------------------------------
+
+    def savepoint(self, name: str) -> None:
+        self.savepoints.append((name.lower(), dict(self.txn), dict(self.local)))
+
+    def rollback_to(self, name: str) -> None:
+        """ROLLBACK TO SAVEPOINT: undo what was set since; the savepoint remains."""
+        index = self._find(name)
+        if index is None:
+            return
+        _, txn, local = self.savepoints[index]
+        self.txn, self.local = dict(txn), dict(local)
+        del self.savepoints[index + 1 :]
+
+    def release(self, name: str) -> None:
+        """RELEASE SAVEPOINT: keep what was set, forget the savepoint and later ones."""
+        index = self._find(name)
+        if index is not None:
+            del self.savepoints[index:]
+
+    def _find(self, name: str) -> int | None:
+        key = name.lower()
+        for index in range(len(self.savepoints) - 1, -1, -1):
+            if self.savepoints[index][0] == key:
+                return index
+        return None
+
+    def end_transaction(self, committed: bool) -> None:
+        """The transaction ended: keep its SETs if it committed; SET LOCAL ends either way."""
+        if committed:
+            self.committed.update(self.txn)
+        self.txn.clear()
+        self.local.clear()
+        self.savepoints.clear()

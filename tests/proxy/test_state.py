@@ -1,0 +1,125 @@
+"""Session settings with transactional semantics (PITFALLS C11)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.state import DEFAULT, Settings, startup_settings
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        pytest.param({"user": "u", "database": "d"}, {"session_authorization": "u"}, id="plain"),
+        pytest.param(
+            {"user": "u", "TimeZone": "UTC", "application_name": "x"},
+            {"session_authorization": "u", "timezone": "UTC", "application_name": "x"},
+            id="parameters-lowercased",
+        ),
+        pytest.param(
+            {"user": "u", "options": "-c search_path=app,public -c statement_timeout=5s"},
+            {"session_authorization": "u", "search_path": "app,public", "statement_timeout": "5s"},
+            id="options-c",
+        ),
+        pytest.param(
+            {"user": "u", "options": "-csearch_path=a\\ b --work-mem=64MB"},
+            {"session_authorization": "u", "search_path": "a b", "work_mem": "64MB"},
+            id="options-escaped-and-long-form",
+        ),
+    ],
+)
+def test_startup_settings(parameters: dict[str, str], expected: dict[str, str]) -> None:
+    assert startup_settings(parameters) == expected
+
+
+def _session(**initial: str) -> Settings:
+    return Settings.from_startup({"user": "alice", **initial})
+
+
+def test_set_in_autocommit_sticks() -> None:
+    s = _session()
+    s.apply("set", "search_path", "app", False)
+    s.end_transaction(committed=True)
+    assert s.get("search_path") == "app"
+
+
+def test_set_rolled_back_is_undone() -> None:
+    s = _session(search_path="public")
+    s.apply("set", "search_path", "app", False)
+    assert s.get("search_path") == "app"
+    s.end_transaction(committed=False)
+    assert s.get("search_path") == "public"
+
+
+def test_set_local_ends_with_the_transaction() -> None:
+    s = _session()
+    s.apply("set", "role", "reader", True)
+    assert s.get("role") == "reader"
+    s.end_transaction(committed=True)
+    assert s.get("role") is None
+
+
+def test_rollback_to_savepoint_restores() -> None:
+    s = _session()
+    s.apply("set", "search_path", "a", False)
+    s.savepoint("sp1")
+    s.apply("set", "search_path", "b", False)
+    s.apply("set", "role", "r", True)
+    s.rollback_to("SP1")
+    assert s.get("search_path") == "a"
+    assert s.get("role") is None
+    s.apply("set", "search_path", "c", False)  # the savepoint remains usable
+    s.rollback_to("sp1")
+    assert s.get("search_path") == "a"
+    s.end_transaction(committed=True)
+    assert s.get("search_path") == "a"
+
+
+def test_release_keeps_changes() -> None:
+    s = _session()
+    s.savepoint("sp")
+    s.apply("set", "search_path", "x", False)
+    s.release("sp")
+    s.rollback_to("sp")  # no longer exists: nothing happens
+    s.end_transaction(committed=True)
+    assert s.get("search_path") == "x"
+
+
+def test_reset_returns_to_startup_value_or_default() -> None:
+    s = _session(options="-c search_path=app")
+    s.apply("set", "search_path", "other", False)
+    s.apply("reset", "search_path", None, False)
+    assert s.get("search_path") == "app"
+    s.apply("set", "datestyle", "German", False)
+    s.apply("reset", "DateStyle", None, False)
+    assert s.get("datestyle") == DEFAULT
+
+
+def test_reset_all_and_discard_all() -> None:
+    s = _session(timezone="UTC")
+    s.apply("set", "timezone", "Europe/Paris", False)
+    s.apply("set", "app.tenant", "42", False)
+    s.end_transaction(committed=True)
+    s.apply("reset_all", None, None, False)
+    s.end_transaction(committed=True)
+    assert s.get("timezone") == "UTC"
+    assert s.get("app.tenant") == DEFAULT
+    s.apply("set", "role", "reader", False)
+    s.end_transaction(committed=True)
+    s.apply("discard_all", None, None, False)
+    s.end_transaction(committed=True)
+    assert s.get("role") == DEFAULT
+
+
+def test_reported_value_wins_over_any_layer() -> None:
+    s = _session()
+    s.apply("set", "timezone", "Asia/Tokyo", True)
+    s.reported("TimeZone", "UTC")
+    assert s.get("timezone") == "UTC"
+
+
+def test_effective_merges_layers() -> None:
+    s = _session()
+    s.apply("set", "a.b", "1", False)
+    s.apply("set", "c.d", "2", True)
+    assert s.effective() == {"session_authorization": "alice", "a.b": "1", "c.d": "2"}
