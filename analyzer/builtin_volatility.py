@@ -1,6 +1,7 @@
 """Volatility of Postgres built-in functions (GENERATED, do not edit).
 
-Generated from pg_proc of PostgreSQL 15.20 (Debian 15.20-0+deb12u1) by tests/analyzer/regen_volatility.py.
+Generated from pg_proc of PostgreSQL 15.20
+by tests/analyzer/regen_volatility.py.
 A name maps to the least safe volatility of its callable overloads in pg_catalog.
 Names absent here are unknown, and an unknown function is never cacheable.
 """

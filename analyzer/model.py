@@ -17,9 +17,12 @@ ever over-invalidates.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from pglast import parser
 
 #: Postgres's provolatile letters: 'i' immutable, 's' stable, 'v' volatile.
 VolatilityLookup = Callable[[str], "str | None"]
@@ -236,10 +239,35 @@ class StatementAnalysis:
         return self.session_changes[0] if self.session_changes else None
 
 
+@functools.lru_cache(maxsize=10_000)
+def fingerprint_of(sql: str) -> str | None:
+    """pglast's fingerprint of `sql` (hex), None if it does not parse."""
+    try:
+        return str(parser.fingerprint(sql))
+    except Exception:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Analysis(StatementAnalysis):
     """The analysis of a whole query string: `StatementAnalysis` fields plus these."""
 
-    statements: tuple[StatementAnalysis, ...] = ()
-    fingerprint: str | None = None
+    parts: tuple[StatementAnalysis, ...] = ()  # the statements of a multi-statement string
     query_name: str | None = None
+    sql: str = field(default="", repr=False, compare=False)
+
+    @property
+    def statements(self) -> tuple[StatementAnalysis, ...]:
+        """One entry per statement; a single statement's entry is this analysis itself."""
+        return self.parts or (self,)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """pglast's fingerprint of the whole string; None if unparseable or empty.
+
+        Computed on first use and memoised by text: it costs as much as a parse, and
+        the proxy needs it only for some statements (metrics, logs).
+        """
+        if self.kind in (Kind.UNKNOWN, Kind.EMPTY):
+            return None
+        return fingerprint_of(self.sql)

@@ -71,14 +71,25 @@ class Walker:
     """Collects tables, functions and non-cacheable features of one statement."""
 
     __slots__ = (
-        "changes_session_unknown", "consts", "creates_temp", "functions", "nested_writes",
-        "options", "read", "reasons", "session_changes", "writes_unknown", "written",
+        "changes_session_unknown",
+        "consts",
+        "creates_temp",
+        "functions",
         "literal_dependent",
+        "nested_writes",
+        "options",
+        "read",
+        "reasons",
+        "repeated",
+        "session_changes",
+        "writes_unknown",
+        "written",
     )  # fmt: skip
 
     def __init__(self, options: AnalyzerOptions) -> None:
         self.options = options
         self.read: set[str] = set()
+        self.repeated: set[str] = set()  # tables read more than once
         self.written: set[str] = set()
         self.functions: set[str] = set()
         self.reasons: set[Reason] = set()
@@ -91,18 +102,28 @@ class Walker:
         self.consts: dict[int, dict[str, Any]] = {}  # A_Const fields by location
 
     def visit(self, node: Node, ctes: frozenset[str]) -> None:
-        """Walk any JSON value, dispatching on node type names and special field names."""
-        if isinstance(node, dict):
-            for key, value in node.items():
-                handler = HANDLERS.get(key)
-                if handler is not None:
-                    handler(self, value, ctes)
-                elif isinstance(value, dict | list):
-                    self.visit(value, ctes)
-        elif isinstance(node, list):
-            for item in node:
-                if isinstance(item, dict | list):
-                    self.visit(item, ctes)
+        """Walk any JSON value, dispatching on node type names and special field names.
+
+        Iterative (an explicit stack) because this is the hot loop of the analyzer.
+        """
+        stack = [node]
+        pop, push, get = stack.pop, stack.append, HANDLERS.get
+        while stack:
+            current = pop()
+            if type(current) is dict:
+                if "relname" in current:  # an unwrapped RangeVar (pktable, PartitionCmd...)
+                    self.range_var(current, ctes, write=False)
+                    continue
+                for key, value in current.items():
+                    handler = get(key)
+                    if handler is not None:
+                        handler(self, value, ctes)
+                    elif type(value) is dict or type(value) is list:
+                        push(value)
+            elif type(current) is list:
+                for item in current:
+                    if type(item) is dict or type(item) is list:
+                        push(item)
 
     def visit_fields(self, fields: dict[str, Any], ctes: frozenset[str], skip: str) -> None:
         """Walk the fields of a node except `skip` (and the WITH clause)."""
@@ -137,7 +158,12 @@ class Walker:
         name = relation_name(fields)
         if "schemaname" not in fields and name in ctes:
             return
-        (self.written if write else self.read).add(name)
+        if write:
+            self.written.add(name)
+        elif name in self.read:
+            self.repeated.add(name)
+        else:
+            self.read.add(name)
         if write and (fields.get("relpersistence") == "t" or name.startswith("pg_temp.")):
             self.creates_temp = True
 
@@ -246,6 +272,14 @@ def _unsafe(w: Walker, fields: Any, ctes: frozenset[str]) -> None:
     w.visit(fields, ctes)
 
 
+def _field_relation(w: Walker, value: Any, ctes: frozenset[str]) -> None:
+    """An unwrapped RangeVar in a typed field (`relation`, `rel`, `view`, `sequence`)."""
+    if isinstance(value, dict) and "relname" in value:
+        w.range_var(value, ctes, write=False)
+    else:
+        w.visit(value, ctes)
+
+
 def _ignore(w: Walker, fields: Any, ctes: frozenset[str]) -> None:
     return None
 
@@ -265,5 +299,9 @@ HANDLERS: dict[str, Handler] = {
     "ColumnRef": _ignore,
     "ParamRef": _ignore,
     "typeName": _ignore,
+    "String": _ignore,
+    "A_Star": _ignore,
+    "alias": _ignore,
+    **dict.fromkeys(("relation", "rel", "view", "sequence"), _field_relation),
     **dict.fromkeys(_UNSAFE_NODES, _unsafe),
 }

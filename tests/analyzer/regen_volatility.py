@@ -2,7 +2,7 @@
 
 Not a test: run by hand when the supported Postgres version changes::
 
-    .venv/bin/python tests/analyzer/regen_volatility.py "host=127.0.0.1 user=postgres dbname=postgres"
+    .venv/bin/python tests/analyzer/regen_volatility.py "host=127.0.0.1 user=postgres"
 
 A name's volatility is the *least safe* of its callable overloads in pg_catalog
 (any 'v' -> volatile, else any 's' -> stable, else immutable). Overloads that SQL
@@ -38,8 +38,9 @@ def main(dsn: str) -> None:
     out = subprocess.run(
         ["psql", dsn, "-AtF", "\t", "-c", QUERY], check=True, capture_output=True, text=True
     ).stdout
+    version_sql = "SELECT split_part(current_setting('server_version'), ' ', 1)"
     version = subprocess.run(
-        ["psql", dsn, "-Atc", "SHOW server_version"], check=True, capture_output=True, text=True
+        ["psql", dsn, "-Atc", version_sql], check=True, capture_output=True, text=True
     ).stdout.strip()
     groups: dict[str, list[str]] = {"i": [], "s": [], "v": []}
     for line in out.splitlines():
@@ -47,7 +48,7 @@ def main(dsn: str) -> None:
         groups[vol].append(name)
     parts = [
         '"""Volatility of Postgres built-in functions (GENERATED, do not edit).\n\n'
-        f"Generated from pg_proc of PostgreSQL {version} by tests/analyzer/regen_volatility.py.\n"
+        f"Generated from pg_proc of PostgreSQL {version}\nby tests/analyzer/regen_volatility.py.\n"
         "A name maps to the least safe volatility of its callable overloads in pg_catalog.\n"
         "Names absent here are unknown, and an unknown function is never cacheable.\n"
         '"""\n\nfrom __future__ import annotations\n',
