@@ -142,7 +142,7 @@ def decode_startup(payload: bytes) -> StartupPacket:
         return GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
         # Protocol 3.2 allows secret keys of 4 to 256 bytes: take what the length says.
-        if not 8 <= len(payload) <= 4 + 4 + 256:
+        if not 4 + 4 + 4 <= len(payload) <= 4 + 4 + 256:
             raise ProtocolViolation("invalid length of cancel request packet")
         return CancelRequest(int.from_bytes(payload[4:8], "big"), bytes(payload[8:]))
     major, minor = code >> 16, code & 0xFFFF
@@ -159,6 +159,9 @@ def _decode_parameters(body: bytes) -> dict[str, str]:
     parts = body[:-2].split(b"\x00")
     if len(parts) % 2:
         raise ProtocolViolation("startup packet has a parameter name without a value")
+    if not all(parts[0::2]):
+        # PG reads an empty name as the terminator, so one before the end is malformed.
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
     try:
         texts = [p.decode("utf-8") for p in parts]
     except UnicodeDecodeError as exc:
@@ -197,15 +200,15 @@ class _Reader:
         end = self.buf.find(b"\x00", self.pos)
         if end < 0:
             raise ProtocolViolation("unterminated string in message")
-        try:
-            text = self.buf[self.pos : end].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolViolation("invalid UTF-8 in message") from exc
+        # Clients in another client_encoding send other bytes: keep them recoverable
+        # (surrogateescape) rather than failing; the cache bypasses such sessions.
+        text = self.buf[self.pos : end].decode("utf-8", "surrogateescape")
         self.pos = end + 1
         return text
 
-    def int16(self) -> int:
-        return int(self._unpack("!h", 2))
+    def count16(self) -> int:
+        """An Int16 count: PG reads it unsigned (`pq_getmsgint(msg, 2)`), so 0..65535."""
+        return int(self._unpack("!H", 2))
 
     def int32(self) -> int:
         return int(self._unpack("!i", 4))
@@ -223,9 +226,7 @@ class _Reader:
         return self.buf[self.pos - n : self.pos]
 
     def int16s(self) -> tuple[int, ...]:
-        count = self.int16()
-        if count < 0:
-            raise ProtocolViolation("negative count in message")
+        count = self.count16()
         return struct.unpack(f"!{count}h", self.take(2 * count))
 
     def end(self) -> None:
@@ -296,9 +297,7 @@ def decode_parse(payload: bytes) -> Parse:
     """Parse (F)."""
     r = _Reader(payload)
     name, query = r.cstring(), r.cstring()
-    count = r.int16()
-    if count < 0:
-        raise ProtocolViolation("negative parameter count in Parse")
+    count = r.count16()
     oids = struct.unpack(f"!{count}I", r.take(4 * count))
     r.end()
     return Parse(name, query, oids)
@@ -309,9 +308,7 @@ def decode_bind(payload: bytes) -> Bind:
     r = _Reader(payload)
     portal, statement = r.cstring(), r.cstring()
     param_formats = r.int16s()
-    count = r.int16()
-    if count < 0:
-        raise ProtocolViolation("negative parameter count in Bind")
+    count = r.count16()
     params: list[bytes | None] = []
     for _ in range(count):
         size = r.int32()

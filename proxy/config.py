@@ -246,11 +246,12 @@ def parse_address(key: str, value: Any) -> Address:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
-    return Address(host.strip("[]"), _port(key, port))
+    return Address(host.strip("[]"), _port(key, port, minimum=0))
 
 
-def _port(key: str, value: Any) -> int:
-    port = _int(key, value, 1)
+def _port(key: str, value: Any, minimum: int = 1) -> int:
+    """A TCP port; listening addresses may use 0 (the system picks a free port)."""
+    port = _int(key, value, minimum)
     if port > 65535:
         raise ConfigError(f"{key}: port must be 1..65535, got {port}")
     return port

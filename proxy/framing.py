@@ -5,8 +5,9 @@ Theory of operation.  Two readers, both sans-IO (`feed(bytes)` in, messages out)
 * `FrontendReader` reads what a client sends.  It starts in start-up mode (untagged packets:
   Int32 length, then body) and switches to tagged messages once told to.  Client messages
   are returned whole, because the proxy decodes most of them; a message longer than
-  `max_message_bytes` (or a start-up packet over 10000 bytes) is a protocol violation, and
-  nothing is allocated from a declared length: bytes are buffered only as they arrive.
+  `max_message_bytes` (10000 for the small control messages, as in PG; a start-up packet
+  whose body is over 10000 bytes) is a protocol violation, and nothing is allocated from a
+  declared length: bytes are buffered only as they arrive.
 
 * `BackendScanner` reads what Postgres sends and must stay cheap per byte: results of any
   size stream through it.  It returns only the messages whose tag is in its `decode` set
@@ -24,9 +25,10 @@ from collections.abc import Iterable
 from proxy.codec import FRONTEND_TAGS, MAX_STARTUP_PACKET
 from proxy.errors import MessageTooLarge, ProtocolViolation
 
-# PG's PQ_SMALL_MESSAGE_LIMIT applies to these frontend messages (postgres.c SocketBackend).
+# PG's PQ_SMALL_MESSAGE_LIMIT applies to these frontend messages (postgres.c SocketBackend):
+# Sync, Flush, Close, Describe, Execute, CopyDone, CopyFail, Terminate.
 _SMALL_MESSAGE_LIMIT = 10000
-_SMALL_MESSAGES = frozenset(b"SHcfX")
+_SMALL_MESSAGES = frozenset(b"SHCDEcfX")
 
 
 class FrontendReader:
@@ -54,7 +56,8 @@ class FrontendReader:
                 if end - pos < 4:
                     break
                 length = int.from_bytes(buf[pos : pos + 4], "big")
-                if length < 8 or length > MAX_STARTUP_PACKET:
+                # PG's ProcessStartupPacket: the limit applies to the length minus its own 4.
+                if length < 8 or length - 4 > MAX_STARTUP_PACKET:
                     raise ProtocolViolation("invalid length of startup packet")
                 if end - pos < length:
                     break

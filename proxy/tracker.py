@@ -18,6 +18,9 @@ Rules the tracker encodes (each has a conversation test):
   and entries pushed while skipping are not recorded at all.
 * COPY FROM STDIN: after CopyInResponse, the backend ignores Flush and Sync until CopyDone or
   CopyFail (PGdocs "COPY Operations"), so Syncs sent in that window get no ReadyForQuery.
+* The unnamed statement is replaced by the next Parse of it (even one that fails) and
+  destroyed by a simple Query; a Query that runs a statement replaces the unnamed portal.
+  DEALLOCATE ALL drops statements only; DISCARD ALL drops statements and portals.
 
 It knows no sockets, no cache and nothing about SQL beyond command tags.
 """
@@ -75,7 +78,6 @@ class Tracker:
     status: TxnStatus = TxnStatus.IDLE
     skipping: bool = False  # Postgres is discarding messages until Sync
     copy_in: bool = False  # the backend is in copy-in mode
-    extended_since_sync: bool = False  # an extended message was sent since the last Sync
 
     # --- client side ---------------------------------------------------------------
 
@@ -89,14 +91,11 @@ class Tracker:
                 self.pending.append(entry)  # the COPY's CopyInResponse may still be coming
             return
         if request is Request.SYNC:
-            self.extended_since_sync = False
             if self.copy_in:
                 return  # ignored by the backend in copy-in mode
             self.skipping = False
         elif self.skipping:
             return  # Postgres will discard it without a word
-        elif request is not Request.QUERY and request is not Request.FUNCTION_CALL:
-            self.extended_since_sync = True
         self.pending.append(entry)
 
     def idle(self) -> bool:
@@ -137,8 +136,12 @@ class Tracker:
             ):
                 if tag == BackendTag.COMMAND_COMPLETE:
                     self._command_tag(payload)
-                if head is not None and head.request is Request.EXECUTE:
+                if head is None:
+                    return None
+                if head.request is Request.EXECUTE:
                     return pending.popleft()
+                if head.request is Request.QUERY and tag == BackendTag.COMMAND_COMPLETE:
+                    self.portals.pop("", None)  # each statement ran in a new unnamed portal
                 return None
             case BackendTag.COPY_IN_RESPONSE:
                 self._enter_copy_in()
@@ -164,6 +167,8 @@ class Tracker:
         pending = self.pending
         while pending:
             entry = pending.popleft()
+            if entry.request is Request.QUERY:
+                self.statements.pop("", None)  # a simple Query destroys the unnamed statement
             if entry.request in (Request.SYNC, Request.QUERY, Request.FUNCTION_CALL):
                 return entry
             # Anything still ahead of the Sync went unanswered: drop it (desync guard).
@@ -178,6 +183,8 @@ class Tracker:
         # Skip till Sync: every entry before the next Sync gets no response.
         pending = self.pending
         failed = pending.popleft()
+        if failed.request is Request.PARSE and not failed.name:
+            self.statements.pop("", None)  # PG dropped the old one before parsing the new
         while pending and pending[0].request is not Request.SYNC:
             pending.popleft()
         if not pending:
@@ -205,7 +212,10 @@ class Tracker:
 
     def _command_tag(self, payload: bytes) -> None:
         # DEALLOCATE ALL and DISCARD ALL drop every prepared statement (PITFALLS B11: keyed
-        # on the CommandComplete tag, so a Parse pipelined after them survives).
-        if payload.startswith((b"DEALLOCATE ALL", b"DISCARD ALL")):
+        # on the CommandComplete tag, so a Parse pipelined after them survives).  Portals
+        # outlive DEALLOCATE ALL; DISCARD ALL closes them too.
+        if payload.startswith(b"DEALLOCATE ALL"):
+            self.statements.clear()
+        elif payload.startswith(b"DISCARD ALL"):
             self.statements.clear()
             self.portals.clear()

@@ -1,0 +1,341 @@
+"""The Redis cache backend: generations, entries, events and 2PC sets, failing open then healing.
+
+Theory of operation (the data model is in `cache.backend`; the scripts in `cache.lua`):
+
+* Every operation is one round trip: lookup, fill and bump are single Lua scripts (EVALSHA,
+  reloaded on NOSCRIPT by redis-py's `AsyncScript`), publish is one script that XADDs and
+  PUBLISHes the identical payload, the rest are single commands.
+* **Timeouts.** Socket reads/writes and connects time out after ``op_timeout`` /
+  ``connect_timeout`` (250 ms by default); redis-py's own retries are switched off; and each
+  operation as a whole is bounded by ``connect_timeout + op_timeout`` with `asyncio.timeout`
+  (a cancelled command makes redis-py drop that connection, never reuse it half-read).
+* **Fail open.** No operation raises for a Redis failure.  A connection error or timeout on
+  any operation, and *any* error on a bump, marks the backend unavailable and opens the
+  circuit breaker: for ``breaker_seconds`` no Redis call is made (lookup → None, fill/bump →
+  False, publish/replay → None), then one caller probes.  A Redis *reply* error on an
+  operation that cannot lose an invalidation (lookup, fill, publish, replay, 2PC sets; e.g.
+  OOM under ``noeviction``) is counted and answered as a miss without opening the breaker.
+* **Heal.** While unavailable, bumps are not written, so entries they should have
+  invalidated would come back with Redis.  Hence the probe is a bump of the global
+  ``epoch_key`` (which every lookup includes), and `available` becomes True only when that
+  bump succeeds *and* no other operation failed while it was in flight.  Otherwise the
+  breaker reopens.  `start` heals the same way.
+* **Eviction (PITFALLS F2).** Entries carry a TTL, counters none: run Redis with a
+  ``volatile-*`` policy (or ``noeviction``) so counters are never evicted.  `start` reads
+  ``CONFIG GET maxmemory-policy`` (tolerating a disabled CONFIG) and warns on ``allkeys-*``.
+  Even then, an evicted counter is reborn at TIME-µs, a value it never had, so old entries
+  stay unreachable: the cost is lost cache, not staleness.
+* **Known limit.** A bump that fails on this instance cannot stop *other* instances that
+  still reach Redis from serving the entries it should have invalidated, until this
+  instance heals (bumping the epoch) or the entries' TTLs run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cache import lua
+from cache.backend import EVENT_ID, BackendStats, Lookup, check_template
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TRANSPORT_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+class _Failed:
+    """Sentinel: the operation was not done (breaker open, or Redis failed)."""
+
+
+_FAILED: Final = _Failed()
+
+
+class RedisBackend:
+    """`cache.backend.Backend` on Redis, with timeouts, a circuit breaker and epoch healing."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        epoch_key: str = "pgr:epoch",
+        op_timeout: float = 0.25,
+        connect_timeout: float = 0.25,
+        breaker_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._epoch_key = epoch_key
+        self._deadline = op_timeout + connect_timeout
+        self._breaker_seconds = breaker_seconds
+        self._clock = clock
+        self._available = False
+        self._open_until = 0.0  # no Redis calls before this (monotonic) time
+        self._healing = False
+        self._failures = 0  # bumped on every breaker-opening failure; guards heal races
+        self._lookup = client.register_script(lua.LOOKUP)
+        self._fill = client.register_script(lua.FILL)
+        self._bump = client.register_script(lua.BUMP)
+        self._publish = client.register_script(lua.PUBLISH)
+        self.eviction_policy: str | None = None
+        self.errors = 0
+        self.skipped = 0
+        self.lookups = 0
+        self.hits = 0
+        self.fills_stored = 0
+        self.fills_refused = 0
+        self.bumps = 0
+        self.bump_failures = 0
+        self.heals = 0
+        self.published = 0
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        epoch_key: str = "pgr:epoch",
+        op_timeout: float = 0.25,
+        connect_timeout: float = 0.25,
+        breaker_seconds: float = 1.0,
+    ) -> RedisBackend:
+        """A backend for ``redis://host:port/db`` (not connected until used or `start`)."""
+        client = Redis.from_url(
+            url,
+            socket_timeout=op_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        return cls(
+            client,
+            epoch_key=epoch_key,
+            op_timeout=op_timeout,
+            connect_timeout=connect_timeout,
+            breaker_seconds=breaker_seconds,
+        )
+
+    # --- lifecycle and health -----------------------------------------------------------
+
+    @property
+    def epoch_key(self) -> str:
+        return self._epoch_key
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @property
+    def client(self) -> Redis:
+        """The underlying client (for tests and admin tools; not for cache operations)."""
+        return self._client
+
+    async def start(self) -> None:
+        """Check the eviction policy, load the scripts and heal; never raises for Redis."""
+        await self._check_policy()
+        try:
+            async with asyncio.timeout(self._deadline * 4):
+                for script in (self._lookup, self._fill, self._bump, self._publish):
+                    await self._client.script_load(script.script)
+        except (RedisError, *_TRANSPORT_ERRORS) as exc:
+            log.warning("redis unavailable at start: %s", exc)
+        await self._heal()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def healthy(self) -> bool:
+        if not self._available:
+            return await self._try_heal()
+        ok = await self._call(self._client.ping, trip_on_reply_error=True)
+        return not isinstance(ok, _Failed) and self._available
+
+    def stats(self) -> BackendStats:
+        return BackendStats(
+            available=self._available,
+            errors=self.errors,
+            skipped=self.skipped,
+            lookups=self.lookups,
+            hits=self.hits,
+            fills_stored=self.fills_stored,
+            fills_refused=self.fills_refused,
+            bumps=self.bumps,
+            bump_failures=self.bump_failures,
+            heals=self.heals,
+            published=self.published,
+        )
+
+    async def _check_policy(self) -> None:
+        try:
+            async with asyncio.timeout(self._deadline):
+                reply: Any = await self._client.config_get("maxmemory-policy")
+        except (RedisError, *_TRANSPORT_ERRORS) as exc:  # CONFIG may be renamed or disabled
+            log.info("could not read redis maxmemory-policy: %s", exc)
+            return
+        raw = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy"))
+        policy = raw.decode() if isinstance(raw, bytes) else raw
+        self.eviction_policy = policy
+        if isinstance(policy, str) and policy.startswith("allkeys-"):
+            log.warning(
+                "redis maxmemory-policy is %s: generation counters may be evicted (entries are"
+                " then lost, never stale); use a volatile-* policy or noeviction",
+                policy,
+            )
+
+    # --- the breaker ----------------------------------------------------------------------
+
+    async def _call(
+        self, op: Callable[[], Awaitable[T]], *, trip_on_reply_error: bool
+    ) -> T | _Failed:
+        """Run one Redis operation under the breaker and the deadline; never raises for Redis."""
+        if not self._available and not await self._try_heal():
+            self.skipped += 1
+            return _FAILED
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await op()
+        except _TRANSPORT_ERRORS as exc:
+            self._trip(exc)
+        except RedisError as exc:
+            if trip_on_reply_error:
+                self._trip(exc)
+            else:
+                self.errors += 1
+                log.debug("redis reply error: %s", exc)
+        return _FAILED
+
+    def _trip(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._failures += 1
+        self._open_until = self._clock() + self._breaker_seconds
+        if self._available:
+            log.warning("redis unavailable, serving nothing from cache: %r", exc)
+        self._available = False
+
+    async def _try_heal(self) -> bool:
+        """While unavailable: one caller probes (by healing) once the breaker has cooled."""
+        if self._healing or self._clock() < self._open_until:
+            return False
+        return await self._heal()
+
+    async def _heal(self) -> bool:
+        """Bump the epoch; become available only if nothing else failed meanwhile."""
+        self._healing = True
+        failures = self._failures
+        try:
+            async with asyncio.timeout(self._deadline):
+                await self._bump(keys=[self._epoch_key])
+        except (RedisError, *_TRANSPORT_ERRORS) as exc:
+            self._trip(exc)
+            return False
+        finally:
+            self._healing = False
+        if self._failures != failures:
+            return False
+        self.heals += 1
+        if self.heals == 1:
+            log.info("redis available: epoch %s bumped", self._epoch_key)
+        elif not self._available:
+            log.warning("redis available again: epoch %s bumped", self._epoch_key)
+        self._available = True
+        return True
+
+    # --- cache operations -----------------------------------------------------------------
+
+    async def lookup(self, entry_key: str, gen_keys: Sequence[str]) -> Lookup | None:
+        self.lookups += 1
+        reply = await self._call(
+            lambda: self._lookup(keys=[entry_key, *gen_keys]), trip_on_reply_error=False
+        )
+        if isinstance(reply, _Failed):
+            return None
+        gens_raw: bytes = reply[0]
+        blob: bytes | None = None
+        if len(reply) > 1:
+            blob = reply[1][len(gens_raw) + 1 :]
+            self.hits += 1
+        return Lookup(gens=gens_raw.decode("ascii"), blob=blob)
+
+    async def fill(
+        self,
+        entry_key: str,
+        gen_keys: Sequence[str],
+        expected_gens: str,
+        blob: bytes,
+        ttl_ms: int,
+    ) -> bool:
+        gens = expected_gens.encode("ascii")
+        entry = b"".join((gens, b"\n", blob))
+        reply = await self._call(
+            lambda: self._fill(keys=[entry_key, *gen_keys], args=[gens, entry, int(ttl_ms)]),
+            trip_on_reply_error=False,
+        )
+        if isinstance(reply, _Failed):
+            return False
+        if reply == 1:
+            self.fills_stored += 1
+            return True
+        self.fills_refused += 1
+        return False
+
+    async def bump(self, gen_keys: Sequence[str]) -> bool:
+        if not gen_keys:
+            return True
+        reply = await self._call(lambda: self._bump(keys=list(gen_keys)), trip_on_reply_error=True)
+        if isinstance(reply, _Failed):
+            self.bump_failures += 1
+            return False
+        self.bumps += 1
+        return True
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
+        check_template(payload)
+        reply = await self._call(
+            lambda: self._publish(keys=[channel], args=[payload, int(stream_maxlen), EVENT_ID]),
+            trip_on_reply_error=False,
+        )
+        if isinstance(reply, _Failed):
+            return None
+        self.published += 1
+        return reply.decode("ascii") if isinstance(reply, bytes) else str(reply)
+
+    async def replay(self, channel: str, after_id: str, count: int) -> list[tuple[str, str]] | None:
+        reply: Any = await self._call(
+            lambda: self._client.xrange(channel, min=f"({after_id}", count=count),
+            trip_on_reply_error=False,
+        )
+        if isinstance(reply, _Failed):
+            return None
+        return [(sid.decode("ascii"), fields[b"event"].decode()) for sid, fields in reply]
+
+    # --- two-phase commit -----------------------------------------------------------------
+
+    async def save_prepared(self, gid_key: str, gen_keys: Sequence[str]) -> bool:
+        value = json.dumps(list(gen_keys))
+        reply = await self._call(
+            lambda: self._client.set(gid_key, value), trip_on_reply_error=False
+        )
+        return not isinstance(reply, _Failed)
+
+    async def take_prepared(self, gid_key: str) -> list[str] | None:
+        reply: Any = await self._call(
+            lambda: self._client.getdel(gid_key), trip_on_reply_error=False
+        )
+        if isinstance(reply, _Failed) or reply is None:
+            return None
+        keys = json.loads(reply)
+        return [str(k) for k in keys]
