@@ -1,0 +1,195 @@
+"""Cache keys and generation-counter names.
+
+Theory of operation.  A cached result is found under an *entry key*: a hash of everything
+that can change the bytes Postgres would send for the same request — upstream identity,
+database, every result-affecting session setting (role and session user included), the
+exact statement text, parameter type OIDs, parameter formats and bytes, result formats, and
+the request shape (simple Query, or extended with/without a RowDescription).  Never the
+fingerprint or normalised text: they ignore constants and aliases (PITFALLS C).
+
+Validity comes from *generation counters* (DESIGN.md, "Generations"): an entry records the
+values of the counters it depends on, read before its query ran, and is served only while
+they are unchanged.  Counters are named here:
+
+    pgr:epoch                           global: bumped when the cache heals after an outage
+    pgr:{DB}:epoch                      database: DDL, writes of unknown reach
+    pgr:{DB}:g:TABLE                    any write to TABLE              ("gen(T, any)")
+    pgr:{DB}:g:TABLE#-                  a write to TABLE not confined to one scope value
+    pgr:{DB}:g:TABLE#COLUMN=VALUE       a write to TABLE confined to COLUMN = VALUE
+
+An unscoped read of T depends on `g:T`; a read pinned to `COLUMN = X` on T depends on
+`g:T#-` and `g:T#COLUMN=X`.  A write confined to X bumps `g:T` and `g:T#COLUMN=X`; any other
+write bumps `g:T` and `g:T#-`.  Tables are named by their bare (unqualified) name, so a
+write to `s1.t` also invalidates reads of `s2.t`: over-invalidation is safe, the opposite
+never is.  `{DB}` is a Redis Cluster hash tag: all keys of one lookup share a slot (except
+the global epoch; see docs/operations.md).
+
+Pure: hashing and string building only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+GLOBAL_EPOCH = "pgr:epoch"
+KEY_VERSION = b"pgr1"
+
+# Settings known not to change the bytes of a read's result (PITFALLS C12): left out of the
+# key so that, e.g., two applications with different application_name share entries.  Any
+# setting not listed here — custom `app.*` settings read by RLS policies included — is part
+# of the key.
+IRRELEVANT_SETTINGS = frozenset(
+    {
+        "application_name",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "idle_session_timeout",
+        "work_mem",
+        "maintenance_work_mem",
+        "temp_buffers",
+        "effective_cache_size",
+        "random_page_cost",
+        "seq_page_cost",
+        "cpu_tuple_cost",
+        "cpu_index_tuple_cost",
+        "cpu_operator_cost",
+        "jit",
+        "log_statement",
+        "log_min_duration_statement",
+        "log_min_messages",
+        "client_min_messages",
+        "geqo",
+        "from_collapse_limit",
+        "join_collapse_limit",
+        "plan_cache_mode",
+        "parallel_setup_cost",
+        "parallel_tuple_cost",
+        "max_parallel_workers_per_gather",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "synchronous_commit",
+        "track_io_timing",
+        # Reported by the server but not result-affecting:
+        "server_version",
+        "server_encoding",
+        "integer_datetimes",
+        "in_hot_standby",
+        "default_transaction_read_only",
+        "is_superuser",
+    }
+)
+
+
+def _irrelevant(name: str) -> bool:
+    return name in IRRELEVANT_SETTINGS or name.startswith("enable_")
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """Where one database's keys live: the hash-tagged prefix for its upstream and name."""
+
+    prefix: str  # "pgr:{<tag>}:"
+
+    @classmethod
+    def of(cls, upstream: str, database: str) -> Namespace:
+        tag = hashlib.blake2b(f"{upstream}\x00{database}".encode(), digest_size=6).hexdigest()
+        return cls(f"pgr:{{{tag}}}:")
+
+    @property
+    def epoch(self) -> str:
+        return self.prefix + "epoch"
+
+    def table(self, table: str) -> str:
+        """gen(T, any)."""
+        return f"{self.prefix}g:{bare(table)}"
+
+    def unscoped(self, table: str) -> str:
+        """gen(T, unscoped)."""
+        return f"{self.prefix}g:{bare(table)}#-"
+
+    def scoped(self, table: str, column: str, value: str) -> str:
+        """gen(T, COLUMN = VALUE)."""
+        return f"{self.prefix}g:{bare(table)}#{column}={value}"
+
+    def entry(self, digest: str) -> str:
+        return f"{self.prefix}e:{digest}"
+
+    def prepared(self, gid: str) -> str:
+        """The pending invalidation set of a prepared (2PC) transaction."""
+        return f"{self.prefix}2pc:{gid}"
+
+    def shapes(self, table: str) -> str:
+        """The set of query shapes (names or fingerprints) cached against a table."""
+        return f"{self.prefix}q:{bare(table)}"
+
+
+def bare(table: str) -> str:
+    """The unqualified name: `public.agents` → `agents`."""
+    return table.rsplit(".", 1)[-1]
+
+
+def settings_digest(settings: Mapping[str, str]) -> bytes:
+    """A digest of every result-affecting setting (sorted, so order does not matter)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(settings):
+        if not _irrelevant(name):
+            h.update(name.encode() + b"\x00" + settings[name].encode() + b"\x00")
+    return h.digest()
+
+
+def read_generations(
+    ns: Namespace,
+    tables: Iterable[str],
+    pinned: Mapping[str, Mapping[str, str]],
+) -> list[str]:
+    """The counters a read depends on, in a stable order (the global and database epochs
+    first).  `pinned[table][column]` gives the scope values the read pins per table."""
+    keys = {GLOBAL_EPOCH, ns.epoch}
+    for table in tables:
+        values = pinned.get(table) or pinned.get(bare(table))
+        if values:
+            keys.add(ns.unscoped(table))
+            keys.update(ns.scoped(table, c, v) for c, v in values.items())
+        else:
+            keys.add(ns.table(table))
+    return sorted(keys)
+
+
+def write_generations(
+    ns: Namespace, table: str, confined_to: Mapping[str, str] | None
+) -> list[str]:
+    """The counters a committed write to `table` bumps."""
+    if confined_to:
+        return [ns.table(table), *(ns.scoped(table, c, v) for c, v in confined_to.items())]
+    return [ns.table(table), ns.unscoped(table)]
+
+
+def entry_digest(
+    settings: bytes,
+    shape: bytes,
+    sql: str,
+    param_oids: Sequence[int] = (),
+    param_formats: Sequence[int] = (),
+    params: Sequence[bytes | None] = (),
+    result_formats: Sequence[int] = (),
+) -> str:
+    """The hash naming one cached result (`Namespace.entry` makes the key)."""
+    h = hashlib.blake2b(KEY_VERSION, digest_size=20)
+    h.update(settings)
+    h.update(shape + b"\x00")
+    text = sql.encode()
+    h.update(len(text).to_bytes(4, "big") + text)
+    h.update(b"O" + b",".join(str(o).encode() for o in param_oids))
+    h.update(b"F" + b",".join(str(f).encode() for f in param_formats))
+    h.update(b"P" + len(params).to_bytes(2, "big"))
+    for value in params:
+        if value is None:
+            h.update(b"\xff\xff\xff\xff")
+        else:
+            h.update(len(value).to_bytes(4, "big") + value)
+    h.update(b"R" + b",".join(str(f).encode() for f in result_formats))
+    return h.hexdigest()

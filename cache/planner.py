@@ -1,0 +1,220 @@
+"""The planner: may this read be served or filled, and what must this write invalidate?
+
+Theory of operation.  The session hands the planner the analyzer's verdict on a statement,
+the facts of the session (transaction status, whether its settings are fully known), the
+database's catalog (what the SQL text does not show), the configuration and the bound
+parameters.  It answers with a `ReadPlan` (the generation counters the result depends on,
+its TTL, its shape name) or a bypass reason, and for writes with a `WritePlan` (the counters
+a commit must bump).  Every rule "when in doubt, don't cache / invalidate more" lives here;
+the shell only executes plans.
+
+Pure: no I/O.  The catalog is reached through the small `CatalogView` protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from analyzer import Kind, StatementAnalysis
+from cache.keys import Namespace, bare, read_generations, write_generations
+
+
+class Bypass(StrEnum):
+    """Why a read is forwarded instead of served from (or stored in) the cache.
+
+    The analyzer's own reasons (`analyzer.Reason`) are reported as they are; these are the
+    ones only the session, the catalog or the configuration can know.
+    """
+
+    CACHE_OFF = "cache_off"
+    IN_TRANSACTION = "in_transaction"
+    SESSION_STATE = "session_state"  # a setting the proxy cannot follow, temp objects, ...
+    CACHE_UNAVAILABLE = "cache_unavailable"
+    CATALOG_UNKNOWN = "catalog_unknown"
+    RELATION_KIND = "relation_kind"  # sequence, foreign, unlogged, RLS, unknown relation
+    EXCLUDED_TABLE = "excluded_table"
+    PARAMETERS = "parameters"  # a scope value bound in binary format, ...
+    ROW_LIMIT = "row_limit"  # Execute with max_rows > 0
+    REQUEST_SHAPE = "request_shape"  # a pipeline mixing cacheable and other requests
+
+
+class CatalogView(Protocol):
+    """What the planner needs from one database's catalog (see `cache.catalog`)."""
+
+    def read_dependencies(self, tables: Iterable[str]) -> frozenset[str]: ...
+
+    def write_targets(self, tables: Iterable[str]) -> tuple[frozenset[str], bool]: ...
+
+    def cacheable_relations(self, tables: Iterable[str]) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """The configuration the planner applies (from `cache` and `relations`)."""
+
+    default_ttl: int = 60
+    ttl: Mapping[str, int] | None = None
+    exclude: frozenset[str] = frozenset()
+    scope_columns: tuple[str, ...] = ("organization_id",)
+    relations: Mapping[str, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """A cacheable read: the counters it depends on, its TTL and its shape name."""
+
+    gen_keys: tuple[str, ...]
+    ttl_ms: int
+    tables: frozenset[str]  # bare names of every table the result depends on
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """What one successful write statement must invalidate when its transaction commits."""
+
+    bumps: frozenset[str]
+    table: str  # the (bare) table written first, "*" for a whole-database invalidation
+    tables: frozenset[str]  # bare names of every table invalidated
+    operation: str
+    scope: str | None  # the value of the first scope column the write is confined to
+    whole_database: bool = False
+
+
+def plan_read(
+    analysis: StatementAnalysis,
+    ns: Namespace,
+    catalog: CatalogView | None,
+    policy: CachePolicy,
+    params: Sequence[str | None] = (),
+) -> ReadPlan | str:
+    """A `ReadPlan`, or the reason (a `Bypass` or analyzer `Reason` value) not to cache."""
+    if not analysis.cacheable:
+        return str(analysis.reason)
+    if catalog is None:
+        return Bypass.CATALOG_UNKNOWN
+    tables = analysis.tables_read
+    refused = catalog.cacheable_relations(tables)
+    if refused is not None:
+        return Bypass.RELATION_KIND
+    bare_tables = frozenset(bare(t) for t in tables)
+    if bare_tables & policy.exclude:
+        return Bypass.EXCLUDED_TABLE
+    dependencies = catalog.read_dependencies(tables)
+    if dependencies & policy.exclude:
+        return Bypass.EXCLUDED_TABLE
+    pinned = _pinned(analysis, params, policy.scope_columns, dependencies)
+    gen_keys = read_generations(ns, dependencies, pinned)
+    return ReadPlan(tuple(gen_keys), _ttl(policy, dependencies) * 1000, dependencies)
+
+
+def _pinned(
+    analysis: StatementAnalysis,
+    params: Sequence[str | None],
+    scope_columns: Sequence[str],
+    dependencies: frozenset[str],
+) -> dict[str, dict[str, str]]:
+    """Scope values pinned per (bare) base table; a view's pins are not carried over."""
+    pinned: dict[str, dict[str, str]] = {}
+    for table, columns in analysis.scope.pinned.items():
+        name = bare(table)
+        if name not in dependencies:
+            continue  # a view: its base tables are read unscoped
+        values: dict[str, str] = {}
+        for column, key_value in columns.items():
+            if column in scope_columns:
+                value = key_value.resolve(params)
+                if value is not None:
+                    values[column] = value
+        if values:
+            pinned[name] = values
+    return pinned
+
+
+def _ttl(policy: CachePolicy, tables: Iterable[str]) -> int:
+    ttls = [policy.ttl[t] for t in tables if policy.ttl and t in policy.ttl]
+    return min(ttls, default=policy.default_ttl)
+
+
+def plan_write(
+    analysis: StatementAnalysis,
+    ns: Namespace,
+    catalog: CatalogView | None,
+    policy: CachePolicy,
+    params: Sequence[str | None] = (),
+) -> WritePlan | None:
+    """What a successful statement invalidates at commit; None if it writes nothing."""
+    operation = analysis.kind.value.upper()
+    written = analysis.tables_written
+    if analysis.writes_unknown or analysis.ddl or analysis.kind is Kind.UNKNOWN:
+        return _whole_database(ns, written, operation)
+    if not written:
+        return None
+    if catalog is None:
+        return _whole_database(ns, written, operation)
+    targets, unknown_reach = catalog.write_targets(written)
+    if unknown_reach:
+        return _whole_database(ns, written, operation)
+    first = bare(sorted(written)[0])
+    confined = _confined(analysis, params, policy.scope_columns) if len(written) == 1 else {}
+    bumps: set[str] = set()
+    for table in targets | {bare(t) for t in written}:
+        bumps.update(write_generations(ns, table, confined if table == first else None))
+    related = _related(ns, policy, written, analysis, params)
+    bumps.update(related[0])
+    scope = next(iter(confined.values()), None) if confined else None
+    return WritePlan(frozenset(bumps), first, frozenset(targets) | related[1], operation, scope)
+
+
+def _whole_database(ns: Namespace, written: Iterable[str], operation: str) -> WritePlan:
+    tables = frozenset(bare(t) for t in written) or frozenset({"*"})
+    return WritePlan(frozenset({ns.epoch}), "*", tables, operation, None, whole_database=True)
+
+
+def _confined(
+    analysis: StatementAnalysis, params: Sequence[str | None], scope_columns: Sequence[str]
+) -> dict[str, str]:
+    """Scope column → value when the write is provably confined to it (else empty)."""
+    if not analysis.scope.confined:
+        return {}
+    out: dict[str, str] = {}
+    for column, key_value in analysis.scope.confined_to.items():
+        value = key_value.resolve(params)
+        if column not in scope_columns or value is None:
+            return {}  # cannot name the value: treat the write as unscoped
+        out[column] = value
+    return out
+
+
+def _related(
+    ns: Namespace,
+    policy: CachePolicy,
+    written: Iterable[str],
+    analysis: StatementAnalysis,
+    params: Sequence[str | None],
+) -> tuple[set[str], frozenset[str]]:
+    """Bumps from the `relations` config: a write to T invalidates its listed dependents.
+
+    The scope is carried over when the related column is itself a scope column and the
+    write pins T's `id` to one value (`organizations: [agents.organization_id]` and
+    ``UPDATE organizations ... WHERE id = 'X'`` bump only agents of organization X).
+    """
+    bumps: set[str] = set()
+    tables: set[str] = set()
+    for table in written:
+        for target in (policy.relations or {}).get(bare(table), ()):
+            other, _, column = target.rpartition(".")
+            other = bare(other)
+            tables.add(other)
+            value = _pinned_id(analysis, table, params) if column in policy.scope_columns else None
+            bumps.update(write_generations(ns, other, {column: value} if value else None))
+    return bumps, frozenset(tables)
+
+
+def _pinned_id(analysis: StatementAnalysis, table: str, params: Sequence[str | None]) -> str | None:
+    for key in analysis.where_keys.get(table, ()):
+        if key.column == "id" and key.op == "=" and len(key.values) == 1:
+            return key.values[0].resolve(params)
+    return None
