@@ -33,3 +33,31 @@ def decode(blob: bytes) -> bytes | None:
         except zlib.error:
             return None
     return blob[2:] if blob[1] == 0 else None
+
+
+_DATA_ROW = ord("D")
+_COMMAND_COMPLETE = ord("C")
+PORTAL_SUSPENDED = b"s\x00\x00\x00\x04"
+
+
+def limit_rows(body: bytes, max_rows: int) -> bytes:
+    """The reply to an Execute with a row limit, from a whole cached result.
+
+    Postgres sends at most `max_rows` DataRows and, once it has sent that many, ends with
+    PortalSuspended instead of CommandComplete — even when no row is left (it stops
+    without looking further; PortalRunSelect).  `body` is a cached result
+    (RowDescription?, DataRows, CommandComplete).
+    """
+    if max_rows <= 0:
+        return body
+    pos, rows, end = 0, 0, len(body)
+    while pos < end:
+        tag = body[pos]
+        if tag == _DATA_ROW:
+            if rows == max_rows:
+                return body[:pos] + PORTAL_SUSPENDED
+            rows += 1
+        elif tag == _COMMAND_COMPLETE:
+            return body[:pos] + PORTAL_SUSPENDED if rows == max_rows else body
+        pos += 1 + int.from_bytes(body[pos + 1 : pos + 5], "big")
+    return body

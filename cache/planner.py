@@ -60,6 +60,7 @@ class CachePolicy:
     exclude: frozenset[str] = frozenset()
     scope_columns: tuple[str, ...] = ("organization_id",)
     relations: Mapping[str, tuple[str, ...]] | None = None
+    use_catalog: bool = True  # False: no catalog connection configured (see plan_read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +91,28 @@ def plan_read(
     policy: CachePolicy,
     params: Sequence[str | None] = (),
 ) -> ReadPlan | str:
-    """A `ReadPlan`, or the reason (a `Bypass` or analyzer `Reason` value) not to cache."""
+    """A `ReadPlan`, or the reason (a `Bypass` or analyzer `Reason` value) not to cache.
+
+    Without a catalog connection configured (`policy.use_catalog` False) a read depends on
+    the tables it names only; that is safe because every write then invalidates the whole
+    database (`plan_write` with no catalog).  With one configured but not loaded (yet), reads
+    are not cached: an entry filled without the view/partition graph would not be reached by
+    the table-level bumps that writes make once the catalog is there.
+    """
     if not analysis.cacheable:
         return str(analysis.reason)
-    if catalog is None:
-        return Bypass.CATALOG_UNKNOWN
     tables = analysis.tables_read
-    refused = catalog.cacheable_relations(tables)
-    if refused is not None:
-        return Bypass.RELATION_KIND
     bare_tables = frozenset(bare(t) for t in tables)
     if bare_tables & policy.exclude:
         return Bypass.EXCLUDED_TABLE
-    dependencies = catalog.read_dependencies(tables)
+    if catalog is None:
+        if policy.use_catalog:
+            return Bypass.CATALOG_UNKNOWN
+        dependencies = bare_tables
+    else:
+        if catalog.cacheable_relations(tables) is not None:
+            return Bypass.RELATION_KIND
+        dependencies = catalog.read_dependencies(tables)
     if dependencies & policy.exclude:
         return Bypass.EXCLUDED_TABLE
     pinned = _pinned(analysis, params, policy.scope_columns, dependencies)

@@ -91,16 +91,23 @@ def setup_logging(config: Config) -> None:
 async def serve(config: Config) -> None:
     """Run the proxy until SIGTERM/SIGINT, then shut down gracefully."""
     from proxy.http import HttpEndpoints
-    from proxy.metrics import StatsCollector
+    from proxy.metrics import Latency, Stats, StatsCollector
     from proxy.server import Server
 
-    server = Server(config)
+    registry = CollectorRegistry()
+    stats = Stats()
+    cache = None
+    if config.cache.enabled:
+        cache = _cache_service(config, stats, Latency(registry))
+        await cache.start()
+    server = Server(config, cache, stats)
     await server.start()
     http = None
     if config.metrics is not None:
-        registry = CollectorRegistry()
-        registry.register(StatsCollector(server.stats))
-        http = HttpEndpoints(config, registry)
+        registry.register(
+            StatsCollector(stats, lambda: cache.available if cache is not None else None)
+        )
+        http = HttpEndpoints(config, registry, cache)
         await http.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -110,6 +117,25 @@ async def serve(config: Config) -> None:
     if http is not None:
         http.close()
     await server.shutdown()
+    if cache is not None:
+        await cache.close()
+
+
+def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
+    from cache.backend import Backend
+    from cache.memory import MemoryBackend
+    from cache.service import CacheService
+    from cache.store import RedisBackend
+
+    backend: Backend
+    if config.redis_url:
+        backend = RedisBackend.from_url(config.redis_url)
+    else:
+        logging.getLogger("pgreactive").info(
+            "no Redis configured: in-memory cache for this process only"
+        )
+        backend = MemoryBackend()
+    return CacheService(config, backend, stats, latency)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -318,6 +318,12 @@ def decode_bind(payload: bytes) -> Bind:
     return Bind(portal, statement, param_formats, tuple(params), result_formats)
 
 
+def decode_bind_names(payload: bytes) -> tuple[str, str]:
+    """Bind (F): only the portal and statement names (the relay needs no more)."""
+    r = _Reader(payload)
+    return r.cstring(), r.cstring()
+
+
 def decode_describe(payload: bytes) -> Describe:
     """Describe (F)."""
     r = _Reader(payload)

@@ -70,6 +70,15 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    """The proxy's own connection for reading the catalog (empty user: none)."""
+
+    user: str = ""
+    password: str = ""
+    max_age: float = 0.0  # seconds; 0: reload only after DDL seen by the proxy
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Protocol limits and shutdown behaviour."""
 
@@ -86,6 +95,7 @@ class Config:
     redis_url: str | None = None
     cache: CacheConfig = CacheConfig()
     relations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    catalog: CatalogConfig = CatalogConfig()
     events: EventsConfig = EventsConfig()
     metrics: Address | None = None
     log_level: str = "INFO"
@@ -104,6 +114,8 @@ ENVIRONMENT = {
     "PGREACTIVE_LOG_LEVEL": "log.level",
     "PGREACTIVE_LOG_FORMAT": "log.format",
     "PGREACTIVE_CACHE_ENABLED": "cache.enabled",
+    "PGREACTIVE_CATALOG_USER": "catalog.user",
+    "PGREACTIVE_CATALOG_PASSWORD": "catalog.password",
 }
 
 
@@ -162,6 +174,7 @@ def build(raw: Mapping[str, Any]) -> Config:
         "redis": _redis,
         "cache": _cache,
         "relations": _relations,
+        "catalog": _catalog,
         "events": _events,
         "metrics": _metrics,
         "log": _log,
@@ -333,6 +346,17 @@ def _relations(value: Any) -> Mapping[str, tuple[str, ...]]:
                 raise ConfigError(f"{key}: expected TABLE.COLUMN entries, got {item!r}")
         out[str(table)] = items
     return out
+
+
+def _catalog(value: Any) -> CatalogConfig:
+    raw = _mapping("catalog", value)
+    _no_unknown("catalog.", raw, dict.fromkeys(("user", "password", "max_age")))
+    d = CatalogConfig()
+    return CatalogConfig(
+        user=_str("catalog.user", raw.get("user", d.user) or ""),
+        password=_str("catalog.password", raw.get("password", d.password) or ""),
+        max_age=_float("catalog.max_age", raw.get("max_age", d.max_age)),
+    )
 
 
 def _events(value: Any) -> EventsConfig:

@@ -36,6 +36,12 @@ class UpstreamUnavailable(ProxyError):
     sqlstate = "08006"
 
 
+class InternalError(ProxyError):
+    """A bug in the proxy: the session ends, every other session carries on."""
+
+    sqlstate = "XX000"
+
+
 class ShuttingDown(ProxyError):
     """The proxy is stopping (SIGTERM/SIGINT), as Postgres says on a fast shutdown."""
 

@@ -108,9 +108,13 @@ class BackendScanner:
         """True when everything fed so far ended exactly at a message boundary."""
         return not self._skip and not self._partial
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Scan one chunk; return the decoded messages in it as ``(tag, payload)``."""
-        out: list[tuple[int, bytes]] = []
+    def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
+        """Scan one chunk; return the decoded messages in it as ``(tag, payload, end)``.
+
+        `end` is the offset in `data` just past the message (its start is ``end - 5 -
+        len(payload)``, negative when the message began in an earlier chunk).
+        """
+        out: list[tuple[int, bytes, int]] = []
         n = len(data)
         pos = 0
         if self._skip:
@@ -136,14 +140,16 @@ class BackendScanner:
                 if end > n:
                     self._partial += data[pos:]
                     break
-                out.append((tag, data[pos + 5 : end]))
+                out.append((tag, data[pos + 5 : end], end))
             elif end > n:
                 self._skip = end - n
                 break
             pos = end
         return out
 
-    def _complete_partial(self, data: bytes, pos: int, out: list[tuple[int, bytes]]) -> int:
+    def _complete_partial(
+        self, data: bytes, pos: int, out: list[tuple[int, bytes, int]]
+    ) -> int:
         """Finish the message begun in `_partial`; return the new position or -1 if short."""
         partial = self._partial
         if len(partial) < 5:
@@ -168,6 +174,6 @@ class BackendScanner:
         partial += data[pos : pos + need]
         if len(partial) < 1 + length:
             return -1
-        out.append((tag, bytes(partial[5:])))
+        out.append((tag, bytes(partial[5:]), pos + need))
         partial.clear()
         return pos + need

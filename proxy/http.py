@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from proxy.config import Config
+
+if TYPE_CHECKING:
+    from cache.service import CacheService
 
 log = logging.getLogger("pgreactive.http")
 
@@ -21,9 +25,12 @@ log = logging.getLogger("pgreactive.http")
 class HttpEndpoints:
     """Serves the observability endpoints for one proxy process."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: Config, registry: CollectorRegistry, cache: CacheService | None = None
+    ) -> None:
         self.config = config
         self.registry = registry
+        self.cache = cache
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -65,7 +72,12 @@ class HttpEndpoints:
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
             upstream = await self._upstream_reachable()
-            body = json.dumps({"upstream": upstream, "redis": "not configured"}).encode()
+            cache = "off"
+            if self.cache is not None:
+                redis = self.config.redis_url is not None
+                healthy = await self.cache.backend.healthy()
+                cache = ("redis " if redis else "memory ") + ("up" if healthy else "down")
+            body = json.dumps({"upstream": upstream, "cache": cache}).encode()
             status = "200 OK" if upstream else "503 Service Unavailable"
             return status, "application/json", body + b"\n"
         return "404 Not Found", "text/plain", b"not found\n"

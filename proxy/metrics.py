@@ -1,21 +1,27 @@
 """Metrics: every `pgreactive_*` metric, and the counters the hot path bumps.
 
 The relay bumps plain integer attributes on one `Stats` object (no locks, no label lookups
-per message); a Prometheus collector reads them at scrape time.
+per message); a Prometheus collector reads them at scrape time.  Latency histograms are
+prometheus-client `Histogram`s observed only on the cache path (hits and misses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
 
 
 @dataclass(slots=True)
 class Stats:
-    """Counters and gauges of the relay, bumped in place."""
+    """Counters and gauges of the relay and the cache, bumped in place."""
 
     client_connections: int = 0
     client_connections_total: int = 0
@@ -23,13 +29,42 @@ class Stats:
     bytes_to_upstream: int = 0
     bytes_to_client: int = 0
     protocol_errors: int = 0
+    hits: int = 0
+    misses: int = 0
+    bypass: dict[str, int] = field(default_factory=dict)
+    fills_stored: int = 0
+    fills_refused: int = 0
+    fills_abandoned: int = 0
+    invalidations: int = 0
+    database_invalidations: int = 0
+    invalidation_failures: int = 0
+    events_published: int = 0
+
+    def bypassed(self, reason: str) -> None:
+        self.bypass[reason] = self.bypass.get(reason, 0) + 1
+
+
+class Latency:
+    """Histograms of query latency on the cache path, by outcome."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.histogram = Histogram(
+            "pgreactive_query_duration_seconds",
+            "Time from a cacheable request to the end of its response, by outcome",
+            ["outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.hit = self.histogram.labels("hit").observe
+        self.miss = self.histogram.labels("miss").observe
 
 
 class StatsCollector(Collector):
-    """Exposes a `Stats` object in Prometheus form."""
+    """Exposes a `Stats` object (and the cache's availability) in Prometheus form."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, cache_available: Callable[[], bool | None]) -> None:
         self.stats = stats
+        self.cache_available = cache_available
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
@@ -57,3 +92,41 @@ class StatsCollector(Collector):
             "Client sessions ended for a protocol violation (SQLSTATE 08P01)",
             s.protocol_errors,
         )
+        queries = CounterMetricFamily(
+            "pgreactive_cache_queries",
+            "Cacheable-path decisions: hit, miss, or bypass with its reason",
+            labels=["outcome", "reason"],
+        )
+        queries.add_metric(["hit", ""], s.hits)
+        queries.add_metric(["miss", ""], s.misses)
+        for reason, count in sorted(s.bypass.items()):
+            queries.add_metric(["bypass", reason], count)
+        yield queries
+        fills = CounterMetricFamily(
+            "pgreactive_cache_fills", "Cache fills by result", labels=["result"]
+        )
+        fills.add_metric(["stored"], s.fills_stored)
+        fills.add_metric(["refused"], s.fills_refused)
+        fills.add_metric(["abandoned"], s.fills_abandoned)
+        yield fills
+        invalidations = CounterMetricFamily(
+            "pgreactive_invalidations", "Committed invalidations by reach", labels=["reach"]
+        )
+        invalidations.add_metric(["tables"], s.invalidations - s.database_invalidations)
+        invalidations.add_metric(["database"], s.database_invalidations)
+        yield invalidations
+        yield CounterMetricFamily(
+            "pgreactive_invalidation_failures",
+            "Invalidations that could not be written (the cache pauses until it heals)",
+            s.invalidation_failures,
+        )
+        yield CounterMetricFamily(
+            "pgreactive_events_published", "Invalidation events published", s.events_published
+        )
+        available = self.cache_available()
+        if available is not None:
+            yield GaugeMetricFamily(
+                "pgreactive_cache_available",
+                "1 when the cache backend (Redis) is reachable and healed, else 0",
+                1 if available else 0,
+            )

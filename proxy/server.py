@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config
 from proxy.metrics import Stats
 from proxy.session import ClientSession
 from proxy.upstream import send_cancel
+
+if TYPE_CHECKING:
+    from cache.service import CacheService
 
 log = logging.getLogger("pgreactive.server")
 
@@ -23,9 +26,12 @@ log = logging.getLogger("pgreactive.server")
 class Server:
     """Accepts client connections and owns every session."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, cache: CacheService | None = None, stats: Stats | None = None
+    ) -> None:
         self.config = config
-        self.stats = Stats()
+        self.cache = cache
+        self.stats = stats if stats is not None else (cache.stats if cache else Stats())
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None

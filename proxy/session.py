@@ -21,21 +21,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from analyzer import Kind, TxnCommand, analyze
+from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
-from proxy.errors import ProtocolViolation, ProxyError, ShuttingDown, UpstreamUnavailable
+from proxy.errors import (
+    InternalError,
+    ProtocolViolation,
+    ProxyError,
+    ShuttingDown,
+    UpstreamUnavailable,
+)
 from proxy.framing import BackendScanner, FrontendReader
 from proxy.state import Settings
-from proxy.tracker import Pending, Request, Tracker
+from proxy.tracker import Pending, Request, Tracker, pending_for
 from proxy.upstream import UpstreamProtocol, connect
 
 if TYPE_CHECKING:
+    from proxy.caching import SessionCache
     from proxy.server import Server
+
+Barrier = Callable[[], Awaitable[object]]
 
 log = logging.getLogger("pgreactive.session")
 
@@ -61,10 +70,10 @@ _DECODED = frozenset(
         BackendTag.ROW_DESCRIPTION,
     )
 )
-_FATAL_MARKERS = (b"VFATAL\x00", b"VPANIC\x00")
 # CommandComplete tags of statements that change session settings or end a transaction.
 _SETTINGS_TAGS = (b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK")
 _END_TAGS = {b"COMMIT\x00": True, b"PREPARE TRANSACTION\x00": True, b"ROLLBACK\x00": False}
+_DECODE_ALL = frozenset(range(256))
 
 
 class State(Enum):
@@ -74,34 +83,6 @@ class State(Enum):
     READY = auto()
     RAW = auto()
     CLOSED = auto()
-
-
-def _pending_for(tag: int, payload: bytes) -> Pending | None:
-    """The tracker entry for one frontend message forwarded upstream (None: no answer)."""
-    match tag:
-        case FrontendTag.QUERY:
-            return Pending(Request.QUERY, sql=codec.decode_query(payload))
-        case FrontendTag.PARSE:
-            p = codec.decode_parse(payload)
-            return Pending(Request.PARSE, name=p.statement, sql=p.query, param_oids=p.param_oids)
-        case FrontendTag.BIND:
-            b = codec.decode_bind(payload)
-            return Pending(Request.BIND, name=b.portal, statement=b.statement)
-        case FrontendTag.DESCRIBE:
-            d = codec.decode_describe(payload)
-            return Pending(Request.DESCRIBE, name=d.name, kind=d.kind)
-        case FrontendTag.EXECUTE:
-            return Pending(Request.EXECUTE, name=codec.decode_execute(payload).portal)
-        case FrontendTag.CLOSE:
-            c = codec.decode_close(payload)
-            return Pending(Request.CLOSE, name=c.name, kind=c.kind)
-        case FrontendTag.SYNC:
-            return Pending(Request.SYNC)
-        case FrontendTag.FUNCTION_CALL:
-            return Pending(Request.FUNCTION_CALL)
-        case FrontendTag.COPY_DONE | FrontendTag.COPY_FAIL:
-            return Pending(Request.COPY_END)
-    return None  # Flush, CopyData, PasswordMessage
 
 
 class ClientSession(asyncio.Protocol):
@@ -128,6 +109,13 @@ class ClientSession(asyncio.Protocol):
         self._raw_after_connect = False  # a replication session: relay bytes untouched
         self._upstream_closing = False  # we ended it, or Postgres sent FATAL
         self._peer = "?"
+        self._paused_upstream: set[str] = set()  # why upstream reading is paused
+        self._paused_client: set[str] = set()
+        self.cache: SessionCache | None = None
+        if server.cache is not None:
+            from proxy.caching import SessionCache
+
+            self.cache = SessionCache(self, server.cache)
 
     # --- client socket -------------------------------------------------------------
 
@@ -143,7 +131,7 @@ class ClientSession(asyncio.Protocol):
             if self.state is State.READY:
                 self._relay_client(data)
             elif self.state is State.RAW:
-                self._send_upstream(data)
+                self.send_upstream(data)
             elif self.state is State.STARTUP:
                 self._startup(data)
             elif self.state is State.CONNECTING:
@@ -152,6 +140,9 @@ class ClientSession(asyncio.Protocol):
                 self._authenticate(data)
         except ProxyError as exc:
             self.fail(exc)
+        except Exception:  # a bug of ours: end this session only, visibly
+            log.exception("conn=%d internal error", self.id)
+            self.fail(InternalError("internal error in pgreactive; see its log"))
 
     def eof_received(self) -> bool | None:
         return False
@@ -165,12 +156,16 @@ class ClientSession(asyncio.Protocol):
         log.info("conn=%d closed", self.id)
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        self.pause_upstream("client")
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        self.resume_upstream("client")
+
+    @property
+    def database(self) -> str:
+        """The database this session is connected to (Postgres defaults it to the user)."""
+        params = self.startup.parameters if self.startup is not None else {}
+        return params.get("database") or params.get("user", "")
 
     # --- start-up ------------------------------------------------------------------
 
@@ -192,7 +187,7 @@ class ClientSession(asyncio.Protocol):
     def _startup_packet(self, packet: codec.StartupPacket) -> None:
         match packet:
             case codec.SSLRequest() | codec.GSSENCRequest():
-                self._write_client(b"N")  # not supported: the client goes on in plaintext
+                self.write_client(b"N")  # not supported: the client goes on in plaintext
             case codec.CancelRequest(pid=pid, secret=secret):
                 self.server.forward_cancel(pid, secret)
                 self.state = State.CLOSED
@@ -206,7 +201,7 @@ class ClientSession(asyncio.Protocol):
         unrecognized = [name for name in params if name.startswith("_pq_.")]
         if startup.minor > 0 or unrecognized:
             # We speak 3.0 both ways: tell the client, and ask the upstream for 3.0 only.
-            self._write_client(codec.negotiate_protocol_version(0, unrecognized))
+            self.write_client(codec.negotiate_protocol_version(0, unrecognized))
             for name in unrecognized:
                 del params[name]
         if "user" not in params:
@@ -237,11 +232,11 @@ class ClientSession(asyncio.Protocol):
         self.upstream = protocol
         self.server.stats.upstream_connections += 1
         assert self.startup is not None
-        self._send_upstream(codec.encode_startup(self.startup))
+        self.send_upstream(codec.encode_startup(self.startup))
         early, self._early = self._early, []
         if self._raw_after_connect:
             self.state = State.RAW
-            self._send_upstream(self.reader.pending() + b"".join(early))
+            self.send_upstream(self.reader.pending() + b"".join(early))
             return
         self.state = State.AUTHENTICATING
         self.data_received(b"".join(early))
@@ -253,83 +248,221 @@ class ClientSession(asyncio.Protocol):
                 raise ProtocolViolation(
                     f"expected an authentication response, got message type {chr(tag)!r}"
                 )
-            self._send_upstream(raw)
+            self.send_upstream(raw)
 
     # --- relay ---------------------------------------------------------------------
 
     def _relay_client(self, data: bytes) -> None:
+        messages = self.reader.feed(data)
+        if self.cache is not None:
+            self.cache.client_messages(messages)
+            return
         out: list[bytes] = []
         push = self.tracker.push
-        for tag, raw in self.reader.feed(data):
+        for tag, raw in messages:
             if tag == FrontendTag.TERMINATE:
                 if out:
-                    self._send_upstream(b"".join(out))
-                self._terminate()
+                    self.send_upstream(b"".join(out))
+                self.terminate()
                 return
-            entry = _pending_for(tag, raw[5:])
+            entry = pending_for(tag, raw[5:])
             if entry is not None:
                 push(entry)
             out.append(raw)
         if out:
-            self._send_upstream(out[0] if len(out) == 1 else b"".join(out))
+            self.send_upstream(out[0] if len(out) == 1 else b"".join(out))
+
+    def client_messages(self, messages: list[tuple[int, bytes]]) -> None:
+        """Client messages held back by the cache path, now to be relayed."""
+        if self.cache is not None and self.state is State.READY:
+            try:
+                self.cache.client_messages(messages)
+            except ProxyError as exc:
+                self.fail(exc)
+            except Exception:
+                log.exception("conn=%d internal error", self.id)
+                self.fail(InternalError("internal error in pgreactive; see its log"))
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from Postgres: account for them, then forward them as they came."""
+        per_message = self.scanner.decode is _DECODE_ALL
         try:
             messages = self.scanner.feed(data)
         except ProxyError:
             log.warning("conn=%d upstream sent malformed data; closing", self.id)
             self._close_upstream(cancel=False)
             return
+        self.server.stats.bytes_to_client += len(data)
         if self.state is State.RAW:
-            self._write_client(data)
+            self.write_client(data)
             return
+        self._relay_guarded(data, messages, 0, 0, per_message)
+
+    def _relay_guarded(
+        self,
+        data: bytes,
+        messages: list[tuple[int, bytes, int]],
+        index: int,
+        written: int,
+        per_message: bool,
+    ) -> None:
+        try:
+            self._relay_upstream(data, messages, index, written, per_message)
+        except Exception:
+            log.exception("conn=%d cannot follow the upstream's messages", self.id)
+            self.close(InternalError("internal error in pgreactive; see its log"))
+
+    def _relay_upstream(
+        self,
+        data: bytes,
+        messages: list[tuple[int, bytes, int]],
+        index: int,
+        written: int,
+        per_message: bool,
+    ) -> None:
+        """Account for messages[index:] and forward `data` from offset `written` on.
+
+        Usually the whole chunk goes out in one write.  While the cache copies a result
+        (`per_message`: the scanner returned every message whole) messages are written one
+        by one, so one can be replaced or dropped (a hidden ParseComplete, a row-limited
+        Execute's extra row) and an incomplete last message waits for its end.  At a
+        commit whose invalidation must finish first, the stream stops just before the
+        message that tells the client, and resumes there once the invalidation is done.
+        """
         tracker = self.tracker
-        for tag, payload in messages:
+        cache = self.cache
+        write = self.write_client
+        for i in range(index, len(messages)):
+            tag, payload, end = messages[i]
             if tag == BackendTag.PARAMETER_STATUS:
                 name, value = codec.decode_parameter_status(payload)
                 self.parameters[name] = value
                 self.settings.reported(name, value)
-            elif tag == BackendTag.ERROR_RESPONSE:
-                if any(marker in payload for marker in _FATAL_MARKERS):
-                    self._upstream_closing = True
-                self._error_since_ready = True
-                tracker.on_backend(tag, payload)
-            elif self.state is State.READY:
+                replacement = None
+            elif self.state is not State.READY:
+                self._startup_reply(tag, payload)
+                replacement = None
+            else:
+                barrier: Barrier | None = None
+                head = tracker.pending[0] if tracker.pending else None
+                replacement = cache.observe(tag, payload, head) if cache is not None else None
                 if tag == BackendTag.COMMAND_COMPLETE:
-                    self._command_complete(payload)
-                tracker.on_backend(tag, payload)
+                    barrier = self._command_complete(payload, head)
+                elif tag == BackendTag.ERROR_RESPONSE:
+                    self._error(payload)
+                done = tracker.on_backend(tag, payload)
                 if tag == BackendTag.READY_FOR_QUERY:
-                    self._ready()
-            elif tag == BackendTag.AUTHENTICATION:
-                if codec.auth_code(payload) == codec.AuthCode.OK:
-                    self.state = State.READY  # authenticated: what follows is relayed
-            elif tag == BackendTag.BACKEND_KEY_DATA:
-                self.backend_key = codec.decode_backend_key_data(payload)
-        self.server.stats.bytes_to_client += len(data)
-        self._write_client(data)
-        if self.draining and self.tracker.idle() and self.scanner.at_boundary():
+                    barrier = self._ready()
+                elif done is not None and done.hidden and tag == BackendTag.PARSE_COMPLETE:
+                    replacement = b""
+                if barrier is not None:
+                    start = end - 5 - len(payload)
+                    if per_message or start >= written:
+                        if start > written:
+                            write(data[written:start])
+                        held = replacement if replacement is not None else (
+                            data[start:end] if start >= 0 else codec.message(tag, payload)
+                        )
+                        after = end
+                    else:
+                        held, after = b"", written  # its start is out already
+                    self.pause_upstream("barrier")
+                    self.server.spawn(
+                        self._after_barrier(barrier, held, data, messages, i + 1, after,
+                                            per_message)
+                    )
+                    return
+            if replacement is None and not per_message:
+                continue
+            start = end - 5 - len(payload)
+            if start >= written:
+                if start > written:
+                    write(data[written:start])
+                write(replacement if replacement is not None else data[start:end])
+            elif per_message:
+                write(replacement if replacement is not None else codec.message(tag, payload))
+            # else: a hidden reply split across chunks in relay mode cannot happen (a hidden
+            # Parse switches the scanner to per-message mode before it is sent).
+            written = end
+        if written < len(data) and (not per_message or self.scanner.decode is not _DECODE_ALL):
+            # Relay mode, or per-message mode just ended: the (incomplete) rest goes as is.
+            write(data[written:] if written else data)
+        if self.draining and tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
+
+    async def _after_barrier(
+        self,
+        barrier: Barrier,
+        held: bytes,
+        data: bytes,
+        messages: list[tuple[int, bytes, int]],
+        index: int,
+        written: int,
+        per_message: bool,
+    ) -> None:
+        try:
+            await barrier()
+        except Exception:  # the cache never fails a query: log and go on
+            log.exception("conn=%d invalidation failed", self.id)
+        if self.state is State.CLOSED or self.client is None:
+            return
+        if held:
+            self.write_client(held)
+        self.resume_upstream("barrier")
+        self._relay_guarded(data, messages, index, written, per_message)
+
+    def _startup_reply(self, tag: int, payload: bytes) -> None:
+        """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs."""
+        if tag == BackendTag.AUTHENTICATION:
+            if codec.auth_code(payload) == codec.AuthCode.OK:
+                self.state = State.READY  # authenticated: what follows is relayed
+        elif tag == BackendTag.BACKEND_KEY_DATA:
+            self.backend_key = codec.decode_backend_key_data(payload)
+        elif tag == BackendTag.ERROR_RESPONSE:
+            self._error(payload)
+
+    def _error(self, payload: bytes) -> None:
+        self._error_since_ready = True
+        if codec.decode_error_fields(payload).get("V") in ("FATAL", "PANIC"):
+            self._upstream_closing = True
+
+    def capture_all(self, on: bool) -> None:
+        """Decode every backend message (DataRows too) while a result is being captured."""
+        self.scanner.decode = _DECODE_ALL if on else _DECODED
 
     # --- session settings ----------------------------------------------------------
 
-    def _command_complete(self, tag: bytes) -> None:
-        """Track SET/RESET/DISCARD and transaction ends from a CommandComplete."""
-        head = self.tracker.pending[0] if self.tracker.pending else None
+    def _command_complete(self, tag: bytes, head: Pending | None) -> Barrier | None:
+        """Track settings, transaction ends and (with the cache) writes at CommandComplete."""
         index = 0
         if head is not None and head.request is Request.QUERY:
             index = self._completed_in_query
             self._completed_in_query += 1
         if tag in _END_TAGS and tag != b"ROLLBACK\x00":
             self._txn_outcome = _END_TAGS[tag]
-            return
-        if not tag.startswith(_SETTINGS_TAGS) or head is None:
-            return
-        sql = self._sql_of(head)
-        statements = analyze(sql).statements if sql else ()
-        if index >= len(statements):
-            return
-        statement = statements[index]
+        statement: StatementAnalysis | None = None
+        if head is not None and (self.cache is not None or tag.startswith(_SETTINGS_TAGS)):
+            statement = self._statement(head, index)
+        if statement is not None:
+            self._track_settings(statement, tag)
+        if self.cache is not None:
+            return self.cache.completed(statement, head.params if head else (), tag)
+        return None
+
+    def _statement(self, head: Pending, index: int) -> StatementAnalysis | None:
+        """What the statement that just completed was (None if unknown)."""
+        analysis = head.analysis
+        if not isinstance(analysis, Analysis):
+            sql = head.sql if head.request is Request.QUERY else (head.sql or self._sql_of(head))
+            if not sql:
+                return None
+            options = self.cache.options() if self.cache is not None else None
+            analysis = analyze(sql, options=options) if options else analyze(sql)
+            head.analysis = analysis
+        statements = analysis.statements
+        return statements[index] if index < len(statements) else None
+
+    def _track_settings(self, statement: StatementAnalysis, tag: bytes) -> None:
         txn = statement.transaction
         if txn is not None and txn.savepoint is not None:
             match txn.command:
@@ -353,8 +486,10 @@ class ClientSession(asyncio.Protocol):
         prepared = self.tracker.statements.get(statement) if statement is not None else None
         return prepared.sql if prepared is not None else ""
 
-    def _ready(self) -> None:
+    def _ready(self) -> Barrier | None:
+        """ReadyForQuery: settings and writes of a transaction that just ended."""
         self._completed_in_query = 0
+        barrier = None
         if self.tracker.status is TxnStatus.IDLE:
             committed = self._txn_outcome
             if committed is None:
@@ -362,6 +497,11 @@ class ClientSession(asyncio.Protocol):
             self.settings.end_transaction(committed)
             self._txn_outcome = None
             self._error_since_ready = False
+            if self.cache is not None:
+                barrier = self.cache.transaction_ended(committed)
+        if self.cache is not None:
+            self.cache.ready()
+        return barrier
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
@@ -374,13 +514,27 @@ class ClientSession(asyncio.Protocol):
         log.warning("conn=%d upstream connection lost: %s", self.id, exc or "closed")
         self.close(UpstreamUnavailable("server closed the connection unexpectedly"))
 
-    def pause_client(self) -> None:
-        if self.client is not None:
+    def pause_client(self, reason: str = "upstream") -> None:
+        if not self._paused_client and self.client is not None:
             self.client.pause_reading()
+        self._paused_client.add(reason)
 
-    def resume_client(self) -> None:
-        if self.client is not None:
+    def resume_client(self, reason: str = "upstream") -> None:
+        self._paused_client.discard(reason)
+        if not self._paused_client and self.client is not None:
             self.client.resume_reading()
+
+    def pause_upstream(self, reason: str) -> None:
+        upstream = self.upstream
+        if not self._paused_upstream and upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+        self._paused_upstream.add(reason)
+
+    def resume_upstream(self, reason: str) -> None:
+        self._paused_upstream.discard(reason)
+        upstream = self.upstream
+        if not self._paused_upstream and upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
 
     # --- ending --------------------------------------------------------------------
 
@@ -394,7 +548,7 @@ class ClientSession(asyncio.Protocol):
     def close(self, error: ProxyError | None = None) -> None:
         """Close both sides; send `error` first if the client stream is at a boundary."""
         if self.client is not None and error is not None and self.scanner.at_boundary():
-            self._write_client(error.as_error_response())
+            self.write_client(error.as_error_response())
         cancel = not self.tracker.idle()
         self.state = State.CLOSED
         self._close_client()
@@ -406,7 +560,7 @@ class ClientSession(asyncio.Protocol):
         if self.state is not State.READY or (self.tracker.idle() and self.scanner.at_boundary()):
             self.close(ShuttingDown("terminating connection due to administrator command"))
 
-    def _terminate(self) -> None:
+    def terminate(self) -> None:
         self.state = State.CLOSED
         self._close_upstream(cancel=False)
         self._close_client()
@@ -430,13 +584,13 @@ class ClientSession(asyncio.Protocol):
 
     # --- writing -------------------------------------------------------------------
 
-    def _send_upstream(self, data: bytes) -> None:
+    def send_upstream(self, data: bytes) -> None:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
             self.server.stats.bytes_to_upstream += len(data)
             upstream.transport.write(data)
 
-    def _write_client(self, data: bytes) -> None:
+    def write_client(self, data: bytes) -> None:
         if self.client is not None:
             self.client.write(data)
 

@@ -53,6 +53,7 @@ class Settings:
     txn: dict[str, str] = field(default_factory=dict)
     local: dict[str, str] = field(default_factory=dict)
     savepoints: list[tuple[str, dict[str, str], dict[str, str]]] = field(default_factory=list)
+    version: int = 0  # bumped by every change, so derived values can be memoised
 
     @classmethod
     def from_startup(cls, parameters: dict[str, str]) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
 
     def reported(self, name: str, value: str) -> None:
         """A ParameterStatus from the server: the current value, whatever layer set it."""
+        self.version += 1
         name = name.lower()
         self.committed[name] = value
         self.txn.pop(name, None)
@@ -81,6 +83,7 @@ class Settings:
 
     def apply(self, action: str, name: str | None, value: str | None, local: bool) -> None:
         """A completed SET / RESET / DISCARD (the analyzer's `SessionChange` fields)."""
+        self.version += 1
         match action:
             case "set" if name is not None:
                 self._set(name.lower(), value if value is not None else DEFAULT, local)
@@ -107,6 +110,7 @@ class Settings:
 
     def rollback_to(self, name: str) -> None:
         """ROLLBACK TO SAVEPOINT: undo what was set since; the savepoint remains."""
+        self.version += 1
         index = self._find(name)
         if index is None:
             return
@@ -129,6 +133,7 @@ class Settings:
 
     def end_transaction(self, committed: bool) -> None:
         """The transaction ended: keep its SETs if it committed; SET LOCAL ends either way."""
+        self.version += 1
         if committed:
             self.committed.update(self.txn)
         self.txn.clear()

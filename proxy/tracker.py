@@ -31,7 +31,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from proxy.codec import BackendTag, TxnStatus
+from proxy import codec
+from proxy.codec import BackendTag, FrontendTag, TxnStatus
 
 
 class Request(Enum):
@@ -58,6 +59,40 @@ class Pending:
     kind: str = ""  # 'S' or 'P' for Describe and Close
     param_oids: tuple[int, ...] = ()
     statement: str = ""  # for Bind: the statement the portal is built from
+    # Set by the cache layer (opaque here): answer not relayed, result capture, what the
+    # statement is and the parameters it was bound with.
+    hidden: bool = False
+    capture: object = None
+    analysis: object = None
+    params: tuple[str | None, ...] = ()
+
+
+def pending_for(tag: int, payload: bytes) -> Pending | None:
+    """The entry for one frontend message forwarded upstream (None: it gets no answer)."""
+    match tag:
+        case FrontendTag.QUERY:
+            return Pending(Request.QUERY, sql=codec.decode_query(payload))
+        case FrontendTag.PARSE:
+            p = codec.decode_parse(payload)
+            return Pending(Request.PARSE, name=p.statement, sql=p.query, param_oids=p.param_oids)
+        case FrontendTag.BIND:
+            portal, statement = codec.decode_bind_names(payload)
+            return Pending(Request.BIND, name=portal, statement=statement)
+        case FrontendTag.DESCRIBE:
+            d = codec.decode_describe(payload)
+            return Pending(Request.DESCRIBE, name=d.name, kind=d.kind)
+        case FrontendTag.EXECUTE:
+            return Pending(Request.EXECUTE, name=codec.decode_execute(payload).portal)
+        case FrontendTag.CLOSE:
+            c = codec.decode_close(payload)
+            return Pending(Request.CLOSE, name=c.name, kind=c.kind)
+        case FrontendTag.SYNC:
+            return Pending(Request.SYNC)
+        case FrontendTag.FUNCTION_CALL:
+            return Pending(Request.FUNCTION_CALL)
+        case FrontendTag.COPY_DONE | FrontendTag.COPY_FAIL:
+            return Pending(Request.COPY_END)
+    return None  # Flush, CopyData, PasswordMessage
 
 
 @dataclass(frozen=True, slots=True)

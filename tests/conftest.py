@@ -106,10 +106,15 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
     return proxy
 
 
+# PGREACTIVE_TEST_PROXY_ARGS="--redis redis://127.0.0.1:6379/14" runs the relay tests
+# through a caching proxy instead (transparency with the cache on).
+PROXY_ARGS = os.environ.get("PGREACTIVE_TEST_PROXY_ARGS", "--no-cache").split()
+
+
 @pytest.fixture(scope="session")
 def proxy() -> Iterator[ProxyProcess]:
-    """One pass-through proxy (caching off) shared by the whole test run."""
-    p = start_proxy("--no-cache")
+    """One proxy shared by the whole test run (caching off unless PROXY_ARGS say)."""
+    p = start_proxy(*PROXY_ARGS)
     yield p
     p.stop()
 

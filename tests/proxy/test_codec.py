@@ -408,7 +408,7 @@ def _scan_all(data: bytes, decode: set[int], mode: str) -> list[tuple[int, bytes
     scanner = BackendScanner(decode)
     out: list[tuple[int, bytes]] = []
     for chunk in feed_modes(data)[mode]:
-        out += scanner.feed(chunk)
+        out += [(t, p) for t, p, _ in scanner.feed(chunk)]
     assert scanner.at_boundary() is (mode != "trailing")
     return out
 

@@ -75,7 +75,9 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("upstream: {url: 'mysql://x:1'}", "upstream.url", id="upstream-scheme"),
         pytest.param("upstream: {url: 'postgresql://u:p@x:1'}", "upstream.url", id="upstream-user"),
         pytest.param("redis: {url: 'http://x'}", "redis.url", id="redis-scheme"),
-        pytest.param("relations: {agents: [messages]}", "relations.agents", id="relation-no-column"),
+        pytest.param(
+            "relations: {agents: [messages]}", "relations.agents", id="relation-no-column"
+        ),
         pytest.param("log: {level: loud}", "log.level", id="log-level"),
         pytest.param("log: {format: xml}", "log.format", id="log-format"),
         pytest.param("limits: {max_message_bytes: 1}", "limits.max_message_bytes", id="tiny-limit"),

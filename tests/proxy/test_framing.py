@@ -51,11 +51,16 @@ def frontend(data_chunks: list[bytes], *, startup: bool = False) -> list[tuple[i
     return out
 
 
+def pairs(messages: list[tuple[int, bytes, int]]) -> list[tuple[int, bytes]]:
+    """Drop the end offsets the scanner reports (tested on their own below)."""
+    return [(tag, payload) for tag, payload, _ in messages]
+
+
 def backend(data_chunks: list[bytes], decode: set[int]) -> list[tuple[int, bytes]]:
     scanner = BackendScanner(decode)
     out: list[tuple[int, bytes]] = []
     for chunk in data_chunks:
-        out += scanner.feed(chunk)
+        out += pairs(scanner.feed(chunk))
     return out
 
 
@@ -242,7 +247,7 @@ def _expected(stream: bytes, decode: set[int]) -> list[tuple[int, bytes]]:
 
 def test_simple_select_keeps_row_description_and_tags_skips_data_rows() -> None:
     scanner = BackendScanner(SESSION_DECODE)
-    assert scanner.feed(recorded.SIMPLE_SELECT_BE) == [
+    assert pairs(scanner.feed(recorded.SIMPLE_SELECT_BE)) == [
         (BackendTag.ROW_DESCRIPTION, recorded.SIMPLE_SELECT_BE[5:47]),
         (BackendTag.COMMAND_COMPLETE, b"SELECT 1\x00"),
         (BackendTag.READY_FOR_QUERY, b"I"),
@@ -258,9 +263,9 @@ def test_backend_stream_whole_bytewise_and_with_trailing_bytes(name: str, decode
     assert backend([stream], wanted) == expected
     assert backend([stream[i : i + 1] for i in range(len(stream))], wanted) == expected
     scanner = BackendScanner(wanted)
-    assert scanner.feed(stream + b"Z\x00\x00\x00") == expected
+    assert pairs(scanner.feed(stream + b"Z\x00\x00\x00")) == expected
     assert not scanner.at_boundary()
-    assert scanner.feed(b"\x05T") == ([(ord("Z"), b"T")] if ord("Z") in wanted else [])
+    assert pairs(scanner.feed(b"\x05T")) == ([(ord("Z"), b"T")] if ord("Z") in wanted else [])
     assert scanner.at_boundary()
 
 
@@ -282,13 +287,13 @@ def test_at_boundary_tracks_skipped_and_decoded_messages() -> None:
     scanner = BackendScanner({ord("C")})
     assert scanner.at_boundary()
     data_row = b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x011"
-    assert scanner.feed(data_row[:7]) == []
+    assert pairs(scanner.feed(data_row[:7])) == []
     assert not scanner.at_boundary()  # inside a skipped DataRow
-    assert scanner.feed(data_row[7:] + b"C\x00\x00\x00\rSEL") == []
+    assert pairs(scanner.feed(data_row[7:] + b"C\x00\x00\x00\rSEL")) == []
     assert not scanner.at_boundary()  # inside a decoded CommandComplete
-    assert scanner.feed(b"ECT 1\x00") == [(ord("C"), b"SELECT 1\x00")]
+    assert pairs(scanner.feed(b"ECT 1\x00")) == [(ord("C"), b"SELECT 1\x00")]
     assert scanner.at_boundary()
-    assert scanner.feed(b"") == [] and scanner.at_boundary()
+    assert pairs(scanner.feed(b"")) == [] and scanner.at_boundary()
 
 
 def test_huge_skipped_message_streams_through() -> None:
@@ -299,7 +304,7 @@ def test_huge_skipped_message_streams_through() -> None:
     scanner = BackendScanner(SESSION_DECODE)
     out = []
     for i in range(0, len(stream), 65536):
-        out += scanner.feed(stream[i : i + 65536])
+        out += pairs(scanner.feed(stream[i : i + 65536]))
         if i + 65536 < len(row):
             assert not scanner.at_boundary()
     assert out == [(ord("C"), b"SELECT 1\x00"), (ord("Z"), b"I")]
@@ -344,7 +349,7 @@ def test_backend_any_split_gives_the_same_messages(
     scanner = BackendScanner(decode)
     out: list[tuple[int, bytes]] = []
     for piece in chunks(stream, cuts):
-        out += scanner.feed(piece)
+        out += pairs(scanner.feed(piece))
     assert out == [(t, p) for t, p in messages if t in decode]
     assert scanner.at_boundary()
 
@@ -391,3 +396,17 @@ def test_backend_garbage_raises_only_proxy_errors(garbage: list[bytes], decode: 
         for piece in garbage:
             for tag, _ in scanner.feed(piece):
                 assert tag in decode
+
+
+def test_scanner_reports_where_each_message_ends_in_its_chunk() -> None:
+    """End offsets let the session cut the stream at a message (hidden replies, barriers)."""
+    stream = recorded.SIMPLE_SELECT_BE
+    scanner = BackendScanner(SESSION_DECODE)
+    for tag, payload, end in scanner.feed(stream):
+        assert stream[end - 5 - len(payload)] == tag
+        assert stream[end - len(payload) : end] == payload
+    cut = len(stream) - 3  # ReadyForQuery split across two chunks
+    scanner = BackendScanner(SESSION_DECODE)
+    first = scanner.feed(stream[:cut])
+    assert [t for t, _, _ in first] == [ord("T"), ord("C")]
+    assert scanner.feed(stream[cut:]) == [(ord("Z"), b"I", 3)]

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from proxy import codec
-from proxy.codec import FrontendTag, TxnStatus
+from proxy.codec import TxnStatus
 from proxy.framing import BackendScanner, FrontendReader
-from proxy.tracker import Pending, Request, Tracker
+from proxy.tracker import Pending, Request, Tracker, pending_for
 from tests.proxy import recorded
 
 QUERY, FUNCTION_CALL = Request.QUERY, Request.FUNCTION_CALL
@@ -797,34 +796,6 @@ def test_unsolicited_messages_with_nothing_pending() -> None:
 SESSION_DECODE = set(b"RKSZE123nCIsGT")
 
 
-def pending_for(tag: int, payload: bytes) -> Pending | None:
-    """The entry the session pushes for one frontend message (None: it is not answered)."""
-    match tag:
-        case FrontendTag.QUERY:
-            return Query(codec.decode_query(payload))
-        case FrontendTag.PARSE:
-            p = codec.decode_parse(payload)
-            return Parse(p.statement, p.query, p.param_oids)
-        case FrontendTag.BIND:
-            b = codec.decode_bind(payload)
-            return Bind(b.portal, b.statement)
-        case FrontendTag.DESCRIBE:
-            d = codec.decode_describe(payload)
-            return Describe(d.kind, d.name)
-        case FrontendTag.EXECUTE:
-            return Execute(codec.decode_execute(payload).portal)
-        case FrontendTag.CLOSE:
-            c = codec.decode_close(payload)
-            return Close(c.kind, c.name)
-        case FrontendTag.SYNC:
-            return Sync()
-        case FrontendTag.FUNCTION_CALL:
-            return FunctionCall()
-        case FrontendTag.COPY_DONE | FrontendTag.COPY_FAIL:
-            return CopyDone()
-    return None
-
-
 def replay(
     rounds: list[tuple[bytes, bytes]], tracker: Tracker | None = None
 ) -> tuple[str, Tracker]:
@@ -840,7 +811,7 @@ def replay(
             entry = pending_for(tag, raw[5:])
             if entry is not None:
                 tracker.push(entry)
-        for tag, payload in scanner.feed(backend):
+        for tag, payload, _ in scanner.feed(backend):
             done = tracker.on_backend(tag, payload)
             words.append(chr(tag) + ("" if done is None else ":" + done.request.name))
     assert reader.pending() == b"" and scanner.at_boundary()

@@ -1,0 +1,302 @@
+"""The cache service: one per process, shared by every session.
+
+Shell module.  It owns the storage backend (Redis or memory), the per-database catalogs and
+the configuration, and offers sessions four things:
+
+* `context(database)`: the namespace, catalog and analyzer options for a database;
+* `lookup(...)`: one round trip for a read's entry and generations, joined to a running
+  identical miss when there is one (single flight, bounded wait);
+* `fill(...)`: store a captured result if its generations are still current, and release
+  the single-flight waiters with it only when the store succeeded (so a waiter never gets
+  a result read before a write that was acknowledged before the waiter asked);
+* `invalidate(...)`: the one way in for every invalidation — bump the generations, then
+  publish one event per written table; awaited by the session before the writer's commit
+  is acknowledged.
+
+The backend never raises and fails open; this module never fails a query either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections import OrderedDict
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from analyzer import AnalyzerOptions, analyze
+from cache import entry
+from cache.backend import Backend, Lookup, event_template
+from cache.catalog import Catalog, CatalogCache, load_catalog
+from cache.keys import Namespace
+from cache.pgclient import PgClient
+from cache.planner import CachePolicy, WritePlan
+from proxy.config import Config
+from proxy.metrics import Latency, Stats
+
+log = logging.getLogger("pgreactive.cache")
+
+_SHAPES_PER_TABLE = 64
+_SINGLE_FLIGHT_WAIT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseContext:
+    """What a session needs to plan statements against one database."""
+
+    namespace: Namespace
+    catalog: Catalog | None
+    options: AnalyzerOptions
+
+
+def _view_check(definition: str, volatility: object) -> str | None:
+    """A view is cacheable only if its own query is (now(), catalogs, ...)."""
+    options = AnalyzerOptions(function_volatility=volatility)  # type: ignore[arg-type]
+    analysis = analyze(definition, options=options)
+    return None if analysis.cacheable else str(analysis.reason)
+
+
+class CacheService:
+    """Process-wide cache state and the operations sessions call."""
+
+    def __init__(
+        self, config: Config, backend: Backend, stats: Stats, latency: Latency | None = None
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.stats = stats
+        self.latency = latency or Latency(None)
+        catalog = config.catalog
+        self.catalogs: CatalogCache | None = None
+        if catalog.user:
+            self.catalogs = CatalogCache(
+                self._connect_catalog,
+                loader=functools.partial(load_catalog, view_check=_view_check),
+                max_age=catalog.max_age or None,
+            )
+        self.policy = CachePolicy(
+            default_ttl=config.cache.default_ttl,
+            ttl=dict(config.cache.ttl),
+            exclude=frozenset(config.cache.exclude),
+            scope_columns=tuple(config.cache.scope_columns),
+            relations=dict(config.relations),
+            use_catalog=self.catalogs is not None,
+        )
+        upstream = config.upstream
+        self.upstream_id = f"{upstream.host}:{upstream.port}"
+        self.source = config.events.source or f"{socket.gethostname()}:{config.listen.port}"
+        self._namespaces: dict[str, Namespace] = {}
+        self._options: dict[tuple[str, int], AnalyzerOptions] = {}
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        self._shapes: dict[tuple[str, str], OrderedDict[str, None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        if self.catalogs is not None:
+            await self.catalogs.aclose()
+        await self.backend.close()
+
+    async def _connect_catalog(self, database: str) -> PgClient:
+        upstream, catalog = self.config.upstream, self.config.catalog
+        return await PgClient.connect(
+            upstream.host,
+            upstream.port,
+            catalog.user,
+            database,
+            password=catalog.password or None,
+            timeout=upstream.connect_timeout,
+        )
+
+    # --- planning context ------------------------------------------------------------
+
+    def context(self, database: str) -> DatabaseContext:
+        ns = self._namespaces.get(database)
+        if ns is None:
+            ns = self._namespaces[database] = Namespace.of(self.upstream_id, database)
+        catalog = self.catalogs.get(database) if self.catalogs is not None else None
+        scope = frozenset(self.config.cache.scope_columns)
+        if catalog is None:
+            options = self._options.get((database, 0))
+            if options is None:
+                options = self._options[(database, 0)] = AnalyzerOptions(scope_columns=scope)
+        else:
+            options = self._options.get((database, id(catalog)))
+            if options is None:
+                # A new catalog: new options, so memoised analyses see its volatilities.
+                self._options = {k: v for k, v in self._options.items() if k[0] != database}
+                options = AnalyzerOptions(
+                    scope_columns=scope,
+                    function_volatility=catalog.function_volatility,
+                    version=id(catalog),
+                )
+                self._options[(database, id(catalog))] = options
+        return DatabaseContext(ns, catalog, options)
+
+    # --- reads -----------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self.backend.available
+
+    async def lookup(self, entry_key: str, gen_keys: Sequence[str]) -> Lookup | bytes | None:
+        """The entry (a `Lookup`), a leader's freshly stored result (bytes), or None.
+
+        None means "no cache now" (backend unavailable): forward without filling.
+        """
+        leader = self._inflight.get(entry_key)
+        if leader is not None:
+            try:
+                async with asyncio.timeout(_SINGLE_FLIGHT_WAIT):
+                    body = await asyncio.shield(leader)
+            except TimeoutError:
+                body = None
+            if body is not None:
+                return body
+        result = await self.backend.lookup(entry_key, gen_keys)
+        if result is not None and not result.hit and entry_key not in self._inflight:
+            self._inflight[entry_key] = asyncio.get_running_loop().create_future()
+        return result
+
+    def abandon(self, entry_key: str) -> None:
+        """The miss this session led will not fill: release its waiters empty-handed."""
+        self._release(entry_key, None)
+
+    def fill(
+        self,
+        entry_key: str,
+        gen_keys: Sequence[str],
+        gens: str,
+        body: bytes,
+        ttl_ms: int,
+        database: str,
+        tables: frozenset[str],
+        shape: str | None,
+    ) -> None:
+        """Store a captured result in the background (compare-and-set on `gens`)."""
+        self._spawn(self._fill(entry_key, gen_keys, gens, body, ttl_ms, database, tables, shape))
+
+    async def _fill(
+        self,
+        entry_key: str,
+        gen_keys: Sequence[str],
+        gens: str,
+        body: bytes,
+        ttl_ms: int,
+        database: str,
+        tables: frozenset[str],
+        shape: str | None,
+    ) -> None:
+        stored = False
+        try:
+            stored = await self.backend.fill(entry_key, gen_keys, gens, entry.encode(body), ttl_ms)
+        finally:
+            self._release(entry_key, body if stored else None)
+        if stored:
+            self.stats.fills_stored += 1
+            if shape:
+                for table in tables:
+                    shapes = self._shapes.setdefault((database, table), OrderedDict())
+                    shapes[shape] = None
+                    shapes.move_to_end(shape)
+                    while len(shapes) > _SHAPES_PER_TABLE:
+                        shapes.popitem(last=False)
+        else:
+            self.stats.fills_refused += 1
+
+    def _release(self, entry_key: str, body: bytes | None) -> None:
+        future = self._inflight.pop(entry_key, None)
+        if future is not None and not future.done():
+            future.set_result(body)
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def invalidate(
+        self, database: str, plans: Sequence[WritePlan], *, source: str = "proxy"
+    ) -> bool:
+        """Bump what `plans` invalidate, then publish one event per written table.
+
+        Returns False when the bump failed: the backend is then unavailable and heals by
+        bumping the global epoch before it serves anything again (invariant 5).
+        """
+        if not plans:
+            return True
+        bumps = sorted(set().union(*(p.bumps for p in plans)))
+        ok = await self.backend.bump(bumps)
+        whole = any(p.whole_database for p in plans)
+        self.stats.invalidations += 1
+        if whole:
+            self.stats.database_invalidations += 1
+            if self.catalogs is not None:
+                self.catalogs.invalidate(database)
+        if not ok:
+            self.stats.invalidation_failures += 1
+            log.warning("invalidation of %s could not be written; cache paused", database)
+            return False
+        await self._publish(database, plans, source)
+        return True
+
+    async def _publish(self, database: str, plans: Sequence[WritePlan], source: str) -> None:
+        events = self.config.events
+        groups: dict[str, list[WritePlan]] = {}
+        for plan in plans:
+            groups.setdefault(plan.table, []).append(plan)
+        for table, group in groups.items():
+            tables = sorted(set().union(*(p.tables for p in group)) | {table})
+            scopes = {p.scope for p in group}
+            affected: dict[str, None] = {}
+            for name in tables:
+                affected.update(self._shapes.get((database, name), {}))
+            payload = event_template(
+                {
+                    "type": "invalidation",
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace(
+                        "+00:00", "Z"
+                    ),
+                    "table": table,
+                    "tables": tables,
+                    "operation": group[0].operation,
+                    "organizationId": scopes.pop() if len(scopes) == 1 else None,
+                    "affectedQueries": list(affected),
+                    "requiresAck": events.requires_ack,
+                    "source": self.source if source == "proxy" else source,
+                    "database": database,
+                }
+            )
+            if await self.backend.publish(events.channel, payload, events.stream_maxlen):
+                self.stats.events_published += 1
+
+    async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:
+        """PREPARE TRANSACTION: keep its invalidations for COMMIT PREPARED, from anywhere."""
+        ns = self.context(database).namespace
+        bumps = sorted(set().union(*(p.bumps for p in plans))) if plans else []
+        return await self.backend.save_prepared(ns.prepared(gid), bumps)
+
+    async def finish_prepared(self, database: str, gid: str, committed: bool) -> bool:
+        """COMMIT/ROLLBACK PREPARED: bump what PREPARE saved (unknown gid: the database)."""
+        ns = self.context(database).namespace
+        bumps = await self.backend.take_prepared(ns.prepared(gid))
+        if not committed:
+            return True
+        plan = WritePlan(
+            frozenset(bumps) if bumps is not None else frozenset({ns.epoch}),
+            "*",
+            frozenset({"*"}),
+            "COMMIT PREPARED",
+            None,
+            whole_database=bumps is None,
+        )
+        return await self.invalidate(database, [plan])
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

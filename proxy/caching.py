@@ -1,0 +1,568 @@
+"""The cache path of one session: serve, capture and fill reads; invalidate committed writes.
+
+Shell module, driven by `ClientSession` only when caching is on.
+
+Reads.  A read may be answered from the cache only when the session is idle outside a
+transaction, so nothing else is in flight and every byte of the answer is ours:
+* a simple Query holding one cacheable SELECT;
+* an extended-protocol segment that is exactly one unit ``[Parse] Bind [Describe portal]
+  Execute(max_rows=0) Sync`` of a cacheable SELECT.  Extended messages are collected until
+  Sync; anything else (Flush, another unit, a Describe of a statement, ...) sends what was
+  collected upstream unchanged and the segment is relayed as usual.
+While the lookup runs, later client messages are held, so requests stay in order.  A hit is
+answered with exactly the messages Postgres would have sent (ParseComplete and BindComplete
+only for a Parse and Bind that were sent, RowDescription only when it was described) and a
+ReadyForQuery with the session's status.  A Parse answered from the cache is *deferred*: it
+is sent upstream (its ParseComplete hidden) before the first message that needs it there.
+A miss is forwarded with a `Capture` that copies RowDescription, DataRows and
+CommandComplete as they stream through; at ReadyForQuery (status I, no error, no notice,
+under `max_result_bytes`) it is filled with the generations read before the query ran.
+
+Writes.  Each successful statement's `WritePlan` is collected; at COMMIT (or at the
+ReadyForQuery closing an implicit transaction) the session pauses the upstream stream just
+before the message that tells the client, awaits `CacheService.invalidate`, then goes on
+(invariant 2).  ROLLBACK discards; PREPARE TRANSACTION saves the set for COMMIT PREPARED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
+from cache import entry
+from cache.backend import Lookup
+from cache.keys import entry_digest, settings_digest
+from cache.planner import Bypass, ReadPlan, WritePlan, plan_read, plan_write
+from cache.service import CacheService, DatabaseContext
+from proxy import codec
+from proxy.codec import BackendTag, FrontendTag, TxnStatus
+from proxy.tracker import Pending, Request, pending_for
+
+if TYPE_CHECKING:
+    from proxy.session import ClientSession
+
+PARSE_COMPLETE = codec.message(BackendTag.PARSE_COMPLETE)
+BIND_COMPLETE = codec.message(BackendTag.BIND_COMPLETE)
+_EXTENDED = frozenset(b"PBDE")
+_CAPTURED = frozenset(b"TDC")
+_HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
+
+
+@dataclass(slots=True)
+class Capture:
+    """A miss being copied as it streams to the client, to fill the cache at the end."""
+
+    key: str
+    plan: ReadPlan
+    gens: str
+    database: str
+    shape: str | None
+    started: float
+    limit: int
+    max_rows: int = 0  # the client's row limit; upstream was asked for one row more
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    rows: int = 0
+    ok: bool = True
+    complete: bool = False
+
+    def add(self, tag: int, payload: bytes) -> bytes | None:
+        """Copy one message; return what the client gets instead of it (None: itself).
+
+        With a row limit N the upstream Execute asked for N+1 rows, so the result is whole
+        when it ends in CommandComplete; the client still sees exactly Postgres's reply to
+        N: the (N+1)-th row is dropped, and CommandComplete after exactly N rows becomes
+        PortalSuspended (Postgres suspends as soon as it has sent N rows).
+        """
+        replacement = None
+        if tag == BackendTag.DATA_ROW:
+            self.rows += 1
+            if self.max_rows and self.rows > self.max_rows:
+                self.ok = False  # more rows than the client asked for: not the whole result
+                return b""
+        elif tag == BackendTag.COMMAND_COMPLETE and self.max_rows and self.rows == self.max_rows:
+            replacement = entry.PORTAL_SUSPENDED
+        if not self.ok:
+            return replacement
+        if tag in _CAPTURED:
+            self.size += len(payload) + 5
+            if self.size > self.limit:
+                self.ok = False  # too big: abandon the fill, the rest streams on
+                self.parts.clear()
+                return replacement
+            self.parts.append(codec.message(tag, payload))
+            if tag == BackendTag.COMMAND_COMPLETE:
+                self.complete = True
+        elif tag not in _HARMLESS:
+            self.ok = False  # an error, a notice, an empty query, a suspended portal, COPY
+        return replacement
+
+
+@dataclass(slots=True)
+class Unit:
+    """One extended-protocol read request: [Parse] Bind [Describe portal] Execute."""
+
+    parse: codec.Parse | None
+    parse_raw: bytes | None
+    bind: codec.Bind
+    describe: bool
+    sql: str
+    param_oids: tuple[int, ...]
+    max_rows: int = 0
+    final: bool = True  # ends with Sync (else Flush: the segment goes on)
+
+
+class SessionCache:
+    """Per-session cache state; see the module docstring."""
+
+    def __init__(self, session: ClientSession, service: CacheService) -> None:
+        self.session = session
+        self.service = service
+        self.held: list[tuple[int, bytes]] | None = None  # client messages behind a lookup
+        self.segment: list[tuple[int, bytes]] | None = None  # extended messages before Sync
+        self.executed = False  # an Execute of this segment went upstream: relay until Sync
+        self.local_segment = False  # this segment was answered from the cache so far
+        self.deferred: dict[str, tuple[bytes, str, tuple[int, ...]]] = {}
+        self.client_statements: dict[str, str] = {}  # the client's view: name → SQL
+        self.client_portals: dict[str, tuple[str, tuple[str | None, ...]]] = {}
+        self.captures: list[Capture] = []
+        self.writes: list[WritePlan] = []
+        self.disabled: str | None = None  # why reads are never cached in this session
+        self._digest: tuple[int, bytes] = (-1, b"")
+
+    # --- client → upstream -----------------------------------------------------------
+
+    def client_messages(self, messages: list[tuple[int, bytes]]) -> None:
+        """Route client messages: hold, collect into a segment, or forward."""
+        out: list[bytes] = []
+        for index, (tag, raw) in enumerate(messages):
+            if self.held is not None:
+                self.held.extend(messages[index:])
+                break
+            if tag == FrontendTag.TERMINATE:
+                self._send(out)
+                self.session.terminate()
+                return
+            if (
+                self.segment is None
+                and tag in _EXTENDED
+                and not self.executed
+                and self._eligible() is None
+            ):
+                self.segment = []
+            if tag == FrontendTag.SYNC and self.segment is None and self._local_sync():
+                continue
+            if self.segment is not None and self._collect(tag, raw, out):
+                continue
+            self._forward(tag, raw, out)
+        self._send(out)
+
+    def _send(self, out: list[bytes]) -> None:
+        if out:
+            self.session.send_upstream(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _forward(self, tag: int, raw: bytes, out: list[bytes]) -> None:
+        """Relay one message upstream, recording what it expects (and what it is)."""
+        entry_ = pending_for(tag, raw[5:])
+        if tag == FrontendTag.QUERY:
+            assert entry_ is not None
+            self.deferred.pop("", None)  # a simple Query destroys the unnamed statement
+            if self._query(entry_, raw, out):
+                return
+        elif tag == FrontendTag.SYNC:
+            self.executed = self.local_segment = False
+        elif entry_ is not None:
+            self._annotate(entry_, raw, out)
+        if entry_ is not None:
+            self.session.tracker.push(entry_)
+        out.append(raw)
+
+    def _annotate(self, entry_: Pending, raw: bytes, out: list[bytes]) -> None:
+        """Extended messages: keep the client's view, send deferred Parses first."""
+        request = entry_.request
+        if request is Request.PARSE:
+            if entry_.name:
+                self._undefer(entry_.name, out)  # so a duplicate name fails as it should
+            else:
+                self.deferred.pop("", None)
+            self.client_statements[entry_.name] = entry_.sql
+        elif request is Request.BIND:
+            self._undefer(entry_.statement, out)
+            bind = codec.decode_bind(raw[5:])
+            self.client_portals[entry_.name] = (entry_.statement, _text_params(bind))
+        elif request in (Request.DESCRIBE, Request.CLOSE) and entry_.kind == "S":
+            self._undefer(entry_.name, out)
+        elif request is Request.EXECUTE:
+            self.executed = True
+            statement, params = self.client_portals.get(entry_.name, ("", ()))
+            entry_.sql = self.client_statements.get(statement, "")
+            entry_.params = params
+        elif request is Request.FUNCTION_CALL:
+            self.executed = True
+            self.writes.append(self._unknown_write())  # any function, any effect
+
+    def _undefer(self, name: str, out: list[bytes]) -> None:
+        deferred = self.deferred.pop(name, None)
+        if deferred is not None:
+            raw, sql, oids = deferred
+            self.session.tracker.push(
+                Pending(Request.PARSE, name=name, sql=sql, param_oids=oids, hidden=True)
+            )
+            self.session.capture_all(True)  # so its ParseComplete can be cut out
+            out.append(raw)
+
+    # --- reads: simple Query -----------------------------------------------------------
+
+    def _query(self, pending: Pending, raw: bytes, out: list[bytes]) -> bool:
+        """Start a lookup for a cacheable Query (True: it is held), else annotate it."""
+        context = self._context()
+        analysis = analyze(pending.sql, options=self._options(context))
+        pending.analysis = analysis
+        if analysis.kind is not Kind.SELECT:
+            return False
+        plan = self._plan(analysis, context, ())
+        if plan is None:
+            return False
+        key = context.namespace.entry(entry_digest(self._settings(), b"Q", pending.sql))
+        self._hold(out)
+        self.session.server.spawn(self._lookup(key, plan, context, analysis, [raw], pending))
+        return True
+
+    def _hold(self, out: list[bytes]) -> None:
+        """A lookup starts: what came before goes out, what comes after waits for it."""
+        self._send(out)
+        self.held = []
+        self.session.pause_client("lookup")
+
+    def _plan(
+        self, analysis: StatementAnalysis, context: DatabaseContext, params: tuple[str | None, ...]
+    ) -> ReadPlan | None:
+        reason = self._eligible()
+        if reason is None:
+            planned = plan_read(analysis, context.namespace, context.catalog, self.service.policy,
+                                params)
+            if isinstance(planned, ReadPlan):
+                return planned
+            reason = planned
+        self.service.stats.bypassed(reason)
+        return None
+
+    # --- reads: extended segments --------------------------------------------------------
+
+    def _collect(self, tag: int, raw: bytes, out: list[bytes]) -> bool:
+        """Add to the segment (True), or end it and let the caller forward `raw`.
+
+        A Sync or Flush after exactly one read unit is a decision point: look it up.
+        """
+        segment = self.segment
+        assert segment is not None
+        if tag in _EXTENDED and len(segment) < 4:
+            segment.append((tag, raw))
+            return True
+        self.segment = None
+        if tag in (FrontendTag.SYNC, FrontendTag.FLUSH) and segment:
+            unit = self._unit(segment, final=tag == FrontendTag.SYNC)
+            if unit is not None and self._start_unit(unit, segment, raw, out):
+                return True
+        for t, r in segment:
+            self._forward(t, r, out)
+        return False
+
+    def _local_sync(self) -> bool:
+        """Sync closing a segment answered from the cache alone: answer it here."""
+        if not self.local_segment or not self.session.tracker.idle():
+            return False
+        self.local_segment = False
+        self.session.write_client(codec.ready_for_query(self.session.tracker.status))
+        return True
+
+    def _unit(self, segment: list[tuple[int, bytes]], final: bool) -> Unit | None:
+        """The segment as one cacheable read unit, or None."""
+        tags = bytes(t for t, _ in segment)
+        if tags not in (b"BE", b"BDE", b"PBE", b"PBDE"):
+            return None
+        parse = codec.decode_parse(segment[0][1][5:]) if tags[0] == ord("P") else None
+        bind = codec.decode_bind(segment[len(tags) - (3 if b"D" in tags else 2)][1][5:])
+        execute = codec.decode_execute(segment[-1][1][5:])
+        if execute.portal != bind.portal or (execute.max_rows and not final):
+            return None
+        if b"D" in tags:
+            describe = codec.decode_describe(segment[-2][1][5:])
+            if describe.kind != "P" or describe.name != bind.portal:
+                return None
+        tracker = self.session.tracker
+        if parse is not None:
+            if parse.statement != bind.statement:
+                return None
+            if parse.statement and (
+                parse.statement in tracker.statements or parse.statement in self.deferred
+            ):
+                return None  # Postgres would refuse the duplicate name
+            return Unit(parse, segment[0][1], bind, b"D" in tags, parse.query, parse.param_oids,
+                        execute.max_rows, final)
+        known = tracker.statements.get(bind.statement)
+        if known is not None and bind.statement not in self.deferred:
+            return Unit(None, None, bind, b"D" in tags, known.sql, known.param_oids,
+                        execute.max_rows, final)
+        deferred = self.deferred.get(bind.statement)
+        if deferred is not None:
+            return Unit(None, None, bind, b"D" in tags, deferred[1], deferred[2],
+                        execute.max_rows, final)
+        return None
+
+    def _start_unit(
+        self, unit: Unit, segment: list[tuple[int, bytes]], sync: bytes, out: list[bytes]
+    ) -> bool:
+        context = self._context()
+        analysis = analyze(unit.sql, options=self._options(context))
+        if analysis.kind is not Kind.SELECT:
+            return False
+        params = _text_params(unit.bind)
+        plan = self._plan(analysis, context, params)
+        if plan is None:
+            return False
+        bind = unit.bind
+        digest = entry_digest(
+            self._settings(),
+            b"ET" if unit.describe else b"E",
+            unit.sql,
+            unit.param_oids,
+            bind.param_formats,
+            bind.params,
+            bind.result_formats,
+        )
+        key = context.namespace.entry(digest)
+        self._hold(out)
+        messages = [*(raw for _, raw in segment), sync]
+        self.session.server.spawn(self._lookup(key, plan, context, analysis, messages, unit))
+        return True
+
+    # --- lookups -----------------------------------------------------------------------
+
+    async def _lookup(
+        self,
+        key: str,
+        plan: ReadPlan,
+        context: DatabaseContext,
+        analysis: Analysis,
+        messages: list[bytes],
+        request: Pending | Unit,
+    ) -> None:
+        started = time.perf_counter()
+        result = await self.service.lookup(key, plan.gen_keys)
+        session = self.session
+        if session.client is None:
+            if isinstance(result, Lookup) and not result.hit:
+                self.service.abandon(key)
+            return
+        body = result if isinstance(result, bytes) else None
+        if isinstance(result, Lookup) and result.blob is not None:
+            body = entry.decode(result.blob)
+        if body is not None:
+            self._answer(request, body)
+            self.service.stats.hits += 1
+            self.service.latency.hit(time.perf_counter() - started)
+        else:
+            capture = None
+            if isinstance(result, Lookup):
+                self.service.stats.misses += 1
+                capture = Capture(
+                    key, plan, result.gens, session.database, analysis.query_name
+                    or analysis.fingerprint, started, self.service.config.cache.max_result_bytes,
+                )
+            else:
+                self.service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
+            self._relay_read(messages, request, capture)
+        held, self.held = self.held or [], None
+        session.resume_client("lookup")
+        if held:
+            session.client_messages(held)
+
+    def _answer(self, request: Pending | Unit, body: bytes) -> None:
+        """Reply to a read from the cache, exactly as Postgres would have."""
+        parts: list[bytes] = []
+        if isinstance(request, Unit):
+            parse = request.parse
+            if parse is not None and request.parse_raw is not None:
+                parts.append(PARSE_COMPLETE)
+                self.deferred[parse.statement] = (request.parse_raw, parse.query, parse.param_oids)
+                self.client_statements[parse.statement] = parse.query
+            parts.append(BIND_COMPLETE)
+            body = entry.limit_rows(body, request.max_rows)
+        parts.append(body)
+        if isinstance(request, Unit) and not request.final:
+            self.local_segment = True  # a Flush: the segment goes on, Sync is answered later
+        else:
+            parts.append(codec.ready_for_query(self.session.tracker.status))
+        self.session.write_client(b"".join(parts))
+
+    def _relay_read(
+        self, messages: list[bytes], request: Pending | Unit, capture: Capture | None
+    ) -> None:
+        """A miss (or no cache): send the held read upstream, capturing it if asked."""
+        out: list[bytes] = []
+        tracker = self.session.tracker
+        if isinstance(request, Pending):
+            request.capture = capture
+            tracker.push(request)
+            out.extend(messages)
+        else:
+            for raw in messages:
+                if raw[0] == FrontendTag.EXECUTE and request.max_rows and capture is not None:
+                    # Ask for one row more, to know whether the result is whole.
+                    capture.max_rows = request.max_rows
+                    execute = codec.decode_execute(raw[5:])
+                    body = execute.portal.encode() + b"\x00"
+                    raw = codec.message(
+                        FrontendTag.EXECUTE, body + (request.max_rows + 1).to_bytes(4, "big")
+                    )
+                before = len(tracker.pending)
+                self._forward(raw[0], raw, out)
+                if capture is not None:
+                    for pending in list(tracker.pending)[before:]:
+                        if pending.request in (Request.DESCRIBE, Request.EXECUTE):
+                            pending.capture = capture
+        if capture is not None:
+            self.captures.append(capture)
+            self.session.capture_all(True)
+        self._send(out)
+
+    # --- upstream → client ---------------------------------------------------------------
+
+    def observe(self, tag: int, payload: bytes, head: Pending | None) -> bytes | None:
+        """A backend message for `head` (before the tracker accounts for it); returns what
+        the client gets instead of it, or None to relay it as it is."""
+        if head is not None and isinstance(head.capture, Capture):
+            return head.capture.add(tag, payload)
+        return None
+
+    def ready(self) -> None:
+        """ReadyForQuery: fill what was captured if the read ended cleanly outside a txn."""
+        if not self.captures:
+            if not any(p.hidden for p in self.session.tracker.pending):
+                self.session.capture_all(False)
+            return
+        idle = self.session.tracker.status is TxnStatus.IDLE
+        for capture in self.captures:
+            if capture.ok and capture.complete and idle:
+                self.service.fill(
+                    capture.key, capture.plan.gen_keys, capture.gens, b"".join(capture.parts),
+                    capture.plan.ttl_ms, capture.database, capture.plan.tables, capture.shape,
+                )
+                self.service.latency.miss(time.perf_counter() - capture.started)
+            else:
+                self.service.stats.fills_abandoned += 1
+                self.service.abandon(capture.key)
+        self.captures.clear()
+        if not any(p.hidden for p in self.session.tracker.pending):
+            self.session.capture_all(False)
+
+    # --- writes ----------------------------------------------------------------------
+
+    def completed(self, statement: StatementAnalysis | None, params: tuple[str | None, ...],
+                  tag: bytes) -> Callable[[], Awaitable[object]] | None:
+        """A statement completed (CommandComplete): collect its writes; at COMMIT, return
+        the invalidation the session must await before the client sees this message."""
+        session = self.session
+        database = session.database
+        if tag == b"COMMIT\x00":
+            return self._flush_writes()
+        txn = statement.transaction if statement is not None else None
+        if tag == b"ROLLBACK\x00" and (txn is None or txn.command is not TxnCommand.ROLLBACK_TO):
+            self.writes.clear()
+            return None
+        if tag == b"PREPARE TRANSACTION\x00" and txn is not None and txn.gid is not None:
+            plans, self.writes = self.writes, []
+            gid = txn.gid
+            return lambda: self.service.save_prepared(database, gid, plans)
+        if txn is not None and txn.gid is not None and txn.command in (
+            TxnCommand.COMMIT_PREPARED, TxnCommand.ROLLBACK_PREPARED
+        ):
+            gid, committed = txn.gid, txn.command is TxnCommand.COMMIT_PREPARED
+            return lambda: self.service.finish_prepared(database, gid, committed)
+        if statement is None:
+            self.writes.append(self._unknown_write())
+            return None
+        if statement.creates_temp:
+            self.disabled = "temporary objects"
+            return None  # a session's own temporary objects change nobody's cached reads
+        if statement.changes_session_unknown:
+            self.disabled = "session settings changed by a function"
+        for change in statement.session_changes:
+            if change.action in ("discard_all", "discard_temp"):
+                self.disabled = None
+        context = self._context()
+        plan = plan_write(
+            statement, context.namespace, context.catalog, self.service.policy, params
+        )
+        if plan is not None:
+            self.writes.append(plan)
+        return None
+
+    def _unknown_write(self) -> WritePlan:
+        ns = self._context().namespace
+        return WritePlan(frozenset({ns.epoch}), "*", frozenset({"*"}), "UNKNOWN", None, True)
+
+    def transaction_ended(self, committed: bool) -> Callable[[], Awaitable[object]] | None:
+        """ReadyForQuery with status I: an implicit transaction committed or rolled back."""
+        if not committed:
+            self.writes.clear()
+            return None
+        return self._flush_writes()
+
+    def _flush_writes(self) -> Callable[[], Awaitable[object]] | None:
+        if not self.writes:
+            return None
+        plans, self.writes = self.writes, []
+        database = self.session.database
+        return lambda: self.service.invalidate(database, plans)
+
+    # --- session facts -----------------------------------------------------------------
+
+    def _eligible(self) -> str | None:
+        """None if a read may use the cache now, else the bypass reason."""
+        session = self.session
+        tracker = session.tracker
+        if not self.service.available:
+            return Bypass.CACHE_UNAVAILABLE
+        if tracker.status is not TxnStatus.IDLE:
+            return Bypass.IN_TRANSACTION
+        if not tracker.idle() or tracker.skipping or self.captures or self.executed:
+            return Bypass.REQUEST_SHAPE
+        if self.disabled is not None or session.parameters.get("client_encoding", "UTF8") != "UTF8":
+            return Bypass.SESSION_STATE
+        return None
+
+    def _context(self) -> DatabaseContext:
+        return self.service.context(self.session.database)
+
+    def options(self) -> AnalyzerOptions:
+        """The analyzer options for this session's database and settings."""
+        return self._options(self._context())
+
+    def _options(self, context: DatabaseContext) -> AnalyzerOptions:
+        if self.session.parameters.get("standard_conforming_strings", "on") == "off":
+            return dataclasses.replace(context.options, standard_conforming_strings=False)
+        return context.options
+
+    def _settings(self) -> bytes:
+        settings = self.session.settings
+        if self._digest[0] != settings.version:
+            self._digest = (settings.version, settings_digest(settings.effective()))
+        return self._digest[1]
+
+
+def _text_params(bind: codec.Bind) -> tuple[str | None, ...]:
+    """Bound parameters as text where they were sent as text (None otherwise)."""
+    formats = bind.param_formats
+    out: list[str | None] = []
+    for index, value in enumerate(bind.params):
+        fmt = formats[0] if len(formats) == 1 else (formats[index] if formats else 0)
+        out.append(value.decode("utf-8", "replace") if value is not None and fmt == 0 else None)
+    return tuple(out)
+
