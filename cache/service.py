@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import random
 import socket
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
@@ -42,6 +44,9 @@ log = logging.getLogger("pgreactive.cache")
 
 _SHAPES_PER_TABLE = 64
 _SINGLE_FLIGHT_WAIT = 2.0
+# Test hook: a random delay (up to this many ms) between a fill's lookup and its store, to
+# widen the read-fill / invalidate race window in stress tests (PITFALLS E5).
+_FILL_DELAY_MS = float(os.environ.get("PGREACTIVE_TEST_FILL_DELAY_MS", "0") or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,8 @@ class CacheService:
     ) -> None:
         stored = False
         try:
+            if _FILL_DELAY_MS:
+                await asyncio.sleep(random.uniform(0, _FILL_DELAY_MS) / 1000)
             stored = await self.backend.fill(entry_key, gen_keys, gens, entry.encode(body), ttl_ms)
         finally:
             self._release(entry_key, body if stored else None)

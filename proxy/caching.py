@@ -26,6 +26,7 @@ before the message that tells the client, awaits `CacheService.invalidate`, then
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -132,6 +133,7 @@ class SessionCache:
         self.captures: list[Capture] = []
         self.writes: list[WritePlan] = []
         self.disabled: str | None = None  # why reads are never cached in this session
+        self._catalog_waited = False  # this session already waited once for its catalog
         self._digest: tuple[int, bytes] = (-1, b"")
 
     # --- client → upstream -----------------------------------------------------------
@@ -225,6 +227,8 @@ class SessionCache:
         pending.analysis = analysis
         if analysis.kind is not Kind.SELECT:
             return False
+        if self._wait_for_catalog(context, [raw], out):
+            return True
         plan = self._plan(analysis, context, ())
         if plan is None:
             return False
@@ -232,6 +236,31 @@ class SessionCache:
         self._hold(out)
         self.session.server.spawn(self._lookup(key, plan, context, analysis, [raw], pending))
         return True
+
+    def _wait_for_catalog(
+        self, context: DatabaseContext, messages: list[bytes], out: list[bytes]
+    ) -> bool:
+        """The first read of a session whose database catalog is still loading waits for it
+        (once, bounded), instead of going uncached; True if `messages` are now held."""
+        catalogs = self.service.catalogs
+        if catalogs is None or context.catalog is not None or self._catalog_waited:
+            return False
+        self._catalog_waited = True
+        self._hold(out)
+        self.session.server.spawn(self._catalog_loaded(messages))
+        return True
+
+    async def _catalog_loaded(self, messages: list[bytes]) -> None:
+        catalogs = self.service.catalogs
+        assert catalogs is not None
+        try:
+            async with asyncio.timeout(self.service.config.upstream.connect_timeout):
+                await catalogs.load(self.session.database)
+        except TimeoutError:
+            pass
+        held, self.held = self.held or [], None
+        self.session.resume_client("lookup")
+        self.session.client_messages([(raw[0], raw) for raw in messages] + held)
 
     def _hold(self, out: list[bytes]) -> None:
         """A lookup starts: what came before goes out, what comes after waits for it."""
@@ -322,6 +351,8 @@ class SessionCache:
         analysis = analyze(unit.sql, options=self._options(context))
         if analysis.kind is not Kind.SELECT:
             return False
+        if self._wait_for_catalog(context, [*(raw for _, raw in segment), sync], out):
+            return True
         params = _text_params(unit.bind)
         plan = self._plan(analysis, context, params)
         if plan is None:

@@ -39,7 +39,8 @@ class HttpEndpoints:
         self._server = await asyncio.start_server(
             self._handle, address.host, address.port, reuse_address=True
         )
-        log.info("metrics on http://%s/metrics", address)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        log.info("metrics on http://%s:%d/metrics", host, port)
 
     def close(self) -> None:
         if self._server is not None:

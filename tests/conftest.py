@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ PG_USER = os.environ.get("PGREACTIVE_TEST_PG_USER", "postgres")
 PG_DB = os.environ.get("PGREACTIVE_TEST_PG_DB", "test")
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+),")
+_METRICS = re.compile(r"metrics on (http://\S+)/metrics")
 
 
 def dsn(host: str, port: int, *, dbname: str = PG_DB, user: str = PG_USER, **extra: str) -> str:
@@ -46,6 +48,7 @@ class ProxyProcess:
     host: str
     port: int
     lines: list[str] = field(default_factory=list)
+    metrics_url: str | None = None  # "http://HOST:PORT" when started with --metrics
 
     def dsn(self, **kwargs: str) -> str:
         return dsn(self.host, self.port, **kwargs)
@@ -82,6 +85,9 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
     )
     assert process.stderr is not None
     lines: list[str] = []
+    metrics_url: str | None = None
+    match: re.Match[str] | None = None
+    listening: re.Match[str] | None = None
     deadline = time.monotonic() + timeout
     while True:
         line = process.stderr.readline()
@@ -89,13 +95,18 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
             process.wait()
             raise RuntimeError("proxy exited before listening:\n" + "".join(lines))
         lines.append(line.rstrip("\n"))
-        match = _LISTENING.search(line)
-        if match:
+        metrics = _METRICS.search(line)
+        if metrics:
+            metrics_url = metrics.group(1)
+        listening = _LISTENING.search(line) or listening
+        if listening and ("--metrics" not in args or metrics_url):
+            match = listening
             break
         if time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("proxy did not start listening:\n" + "".join(lines))
-    proxy = ProxyProcess(process, match.group(1), int(match.group(2)), lines)
+    assert match is not None
+    proxy = ProxyProcess(process, match.group(1), int(match.group(2)), lines, metrics_url)
 
     def drain() -> None:  # keep reading stderr so the proxy never blocks on a full pipe
         assert process.stderr is not None
@@ -125,6 +136,34 @@ def fresh_proxy() -> Iterator[ProxyProcess]:
     p = start_proxy("--no-cache")
     yield p
     p.stop()
+
+
+def scrape(proxy: ProxyProcess) -> dict[str, float]:
+    """The proxy's /metrics as {"name{labels}": value} (it must run with --metrics)."""
+    assert proxy.metrics_url, "start the proxy with --metrics 127.0.0.1:0"
+    with urllib.request.urlopen(proxy.metrics_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+CACHE_REDIS_DB = 12
+
+
+def start_caching_proxy(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
+    """A proxy with the cache on: Redis db 12, a catalog connection as `postgres`, metrics."""
+    return start_proxy(
+        "--redis",
+        f"redis://127.0.0.1:6379/{CACHE_REDIS_DB}",
+        "--metrics",
+        "127.0.0.1:0",
+        *args,
+        env={"PGREACTIVE_CATALOG_USER": PG_USER, **(env or {})},
+    )
 
 
 @pytest.fixture
