@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -48,6 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache import lua
 from cache.backend import EVENT_ID, BackendStats, Lookup, check_template
+from cache.resp import RespClient, RespError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,16 @@ class RedisBackend:
         self._healing = False
         self._failures = 0  # bumped on every breaker-opening failure; guards heal races
         self._lookup = client.register_script(lua.LOOKUP)
+        self._fast: RespClient | None = None  # the hot path: pipelined, one connection
+        kwargs = client.connection_pool.connection_kwargs
+        if "host" in kwargs and not kwargs.get("password") and not kwargs.get("username"):
+            self._fast = RespClient(
+                kwargs["host"],
+                int(kwargs.get("port", 6379)),
+                int(kwargs.get("db", 0)),
+                op_timeout=op_timeout,
+                connect_timeout=connect_timeout,
+            )
         self._fill = client.register_script(lua.FILL)
         self._bump = client.register_script(lua.BUMP)
         self._publish = client.register_script(lua.PUBLISH)
@@ -154,6 +166,8 @@ class RedisBackend:
         await self._heal()
 
     async def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         await self._client.aclose()
 
     async def healthy(self) -> bool:
@@ -256,9 +270,12 @@ class RedisBackend:
 
     async def lookup(self, entry_key: str, gen_keys: Sequence[str]) -> Lookup | None:
         self.lookups += 1
-        reply = await self._call(
-            lambda: self._lookup(keys=[entry_key, *gen_keys]), trip_on_reply_error=False
-        )
+        if self._fast is not None:
+            reply = await self._fast_lookup(entry_key, gen_keys)
+        else:
+            reply = await self._call(
+                lambda: self._lookup(keys=[entry_key, *gen_keys]), trip_on_reply_error=False
+            )
         if isinstance(reply, _Failed):
             return None
         gens_raw: bytes = reply[0]
@@ -267,6 +284,26 @@ class RedisBackend:
             blob = reply[1][len(gens_raw) + 1 :]
             self.hits += 1
         return Lookup(gens=gens_raw.decode("ascii"), blob=blob)
+
+    async def _fast_lookup(self, entry_key: str, gen_keys: Sequence[str]) -> Any:
+        """The lookup script over the pipelined connection, under the same breaker."""
+        assert self._fast is not None
+        if not self._available and not await self._try_heal():
+            self.skipped += 1
+            return _FAILED
+        call = self._fast.call
+        try:
+            reply = await call("EVALSHA", self._lookup.sha, 1 + len(gen_keys), entry_key, *gen_keys)
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                reply = await call("EVAL", lua.LOOKUP, 1 + len(gen_keys), entry_key, *gen_keys)
+        except RespError as exc:
+            self._trip(exc)
+            return _FAILED
+        if isinstance(reply, hiredis.ReplyError):
+            self.errors += 1
+            log.debug("redis reply error: %s", reply)
+            return _FAILED
+        return reply
 
     async def fill(
         self,

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from proxy.errors import ProtocolViolation
+from proxy.errors import ProtocolViolation, UnsupportedProtocol
 
 PROTOCOL_3_0 = 196608  # (3 << 16) | 0
 CANCEL_REQUEST_CODE = 80877102  # 1234.5678
@@ -147,7 +147,9 @@ def decode_startup(payload: bytes) -> StartupPacket:
         return CancelRequest(int.from_bytes(payload[4:8], "big"), bytes(payload[8:]))
     major, minor = code >> 16, code & 0xFFFF
     if major != 3:
-        raise ProtocolViolation(f"unsupported frontend protocol {major}.{minor}")
+        raise UnsupportedProtocol(
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+        )
     return StartupMessage(major, minor, _decode_parameters(payload[4:]))
 
 
@@ -415,9 +417,9 @@ def ready_for_query(status: TxnStatus) -> bytes:
     return message(BackendTag.READY_FOR_QUERY, bytes((status,)))
 
 
-def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    """NegotiateProtocolVersion (B)."""
-    body = newest_minor.to_bytes(4, "big") + len(unrecognized).to_bytes(4, "big")
+def negotiate_protocol_version(newest: int, unrecognized: list[str]) -> bytes:
+    """NegotiateProtocolVersion (B): the newest version code spoken (e.g. 3.0 = 196608)."""
+    body = newest.to_bytes(4, "big") + len(unrecognized).to_bytes(4, "big")
     body += b"".join(name.encode() + b"\x00" for name in unrecognized)
     return message(BackendTag.NEGOTIATE_PROTOCOL_VERSION, body)
 

@@ -7,8 +7,6 @@ it is data, forwarded unchanged.
 
 from __future__ import annotations
 
-from proxy import codec
-
 
 class ProxyError(Exception):
     """Base of every error the proxy turns into an ErrorResponse."""
@@ -17,6 +15,8 @@ class ProxyError(Exception):
     severity = "FATAL"
 
     def as_error_response(self) -> bytes:
+        from proxy import codec  # codec raises these errors: import it only when rendering
+
         return codec.error_response(self.severity, self.sqlstate, str(self))
 
 
@@ -24,6 +24,12 @@ class ProtocolViolation(ProxyError):
     """Malformed or out-of-place client bytes: the session ends."""
 
     sqlstate = "08P01"
+
+
+class UnsupportedProtocol(ProtocolViolation):
+    """A protocol major version other than 3 (Postgres says feature_not_supported)."""
+
+    sqlstate = "0A000"
 
 
 class MessageTooLarge(ProtocolViolation):

@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config
+from proxy.errors import ShuttingDown
 from proxy.metrics import Stats
 from proxy.session import ClientSession
 from proxy.upstream import send_cancel
@@ -103,7 +104,7 @@ class Server:
         while self.sessions and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            session.close()
+            session.close(ShuttingDown("terminating connection due to administrator command"))
         # Let cancels and closes reach the wire.
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)

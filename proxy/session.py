@@ -107,6 +107,8 @@ class ClientSession(asyncio.Protocol):
         self.draining = False  # shutting down: close at the next idle moment
         self._early: list[bytes] = []  # client bytes that arrived while connecting
         self._raw_after_connect = False  # a replication session: relay bytes untouched
+        self._auth_expects_response = False  # Postgres asked for a password / SASL message
+        self._held_at_auth: list[tuple[int, bytes]] = []  # sent before AuthenticationOk
         self._upstream_closing = False  # we ended it, or Postgres sent FATAL
         self._peer = "?"
         self._paused_upstream: set[str] = set()  # why upstream reading is paused
@@ -201,7 +203,9 @@ class ClientSession(asyncio.Protocol):
         unrecognized = [name for name in params if name.startswith("_pq_.")]
         if startup.minor > 0 or unrecognized:
             # We speak 3.0 both ways: tell the client, and ask the upstream for 3.0 only.
-            self.write_client(codec.negotiate_protocol_version(0, unrecognized))
+            # The version field is the full code of the newest version we speak, as Postgres
+            # sends it (libpq refuses a bare minor number as a downgrade below 3.0).
+            self.write_client(codec.negotiate_protocol_version(codec.PROTOCOL_3_0, unrecognized))
             for name in unrecognized:
                 del params[name]
         if "user" not in params:
@@ -242,18 +246,33 @@ class ClientSession(asyncio.Protocol):
         self.data_received(b"".join(early))
 
     def _authenticate(self, data: bytes) -> None:
-        """Until AuthenticationOk the client may send only authentication responses."""
+        """Until AuthenticationOk nothing but authentication responses goes upstream.
+
+        While Postgres waits for a password or SASL message, anything else is refused as
+        Postgres would refuse it (08P01).  Otherwise (e.g. trust: AuthenticationOk is on its
+        way) other messages wait here and are relayed once the client is authenticated.
+        """
         for tag, raw in self.reader.feed(data):
-            if tag != FrontendTag.PASSWORD:
+            if tag == FrontendTag.PASSWORD and not self._held_at_auth:
+                self._auth_expects_response = False
+                self.send_upstream(raw)
+            elif self._auth_expects_response:
                 raise ProtocolViolation(
                     f"expected an authentication response, got message type {chr(tag)!r}"
                 )
-            self.send_upstream(raw)
+            else:
+                self._held_at_auth.append((tag, raw))
 
     # --- relay ---------------------------------------------------------------------
 
     def _relay_client(self, data: bytes) -> None:
         messages = self.reader.feed(data)
+        if self._held_at_auth:
+            self._held_at_auth.extend(messages)  # still behind the start-up's ReadyForQuery
+            return
+        self._relay_messages(messages)
+
+    def _relay_messages(self, messages: list[tuple[int, bytes]]) -> None:
         if self.cache is not None:
             self.cache.client_messages(messages)
             return
@@ -339,8 +358,8 @@ class ClientSession(asyncio.Protocol):
                 self.parameters[name] = value
                 self.settings.reported(name, value)
                 replacement = None
-            elif self.state is not State.READY:
-                self._startup_reply(tag, payload)
+            elif self.state is not State.READY or tag == BackendTag.BACKEND_KEY_DATA:
+                self._startup_reply(tag, payload)  # BackendKeyData follows AuthenticationOk
                 replacement = None
             else:
                 barrier: Barrier | None = None
@@ -387,6 +406,20 @@ class ClientSession(asyncio.Protocol):
         if written < len(data) and (not per_message or self.scanner.decode is not _DECODE_ALL):
             # Relay mode, or per-message mode just ended: the (incomplete) rest goes as is.
             write(data[written:] if written else data)
+        if self._held_at_auth and self._auth_expects_response:
+            # Postgres asked for a password, but the client had already sent something else:
+            # Postgres would read that message now and refuse it.
+            tag = self._held_at_auth[0][0]
+            self._held_at_auth = []
+            self.fail(
+                ProtocolViolation(f"expected password response, got message type {chr(tag)!r}")
+            )
+            return
+        if self._held_at_auth and self.state is State.READY and tracker.status_known:
+            # Messages sent before authentication ended go up after the start-up's
+            # ReadyForQuery, so that ReadyForQuery is not taken for theirs.
+            early, self._held_at_auth = self._held_at_auth, []
+            self._relay_messages(early)
         if self.draining and tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
 
@@ -414,8 +447,14 @@ class ClientSession(asyncio.Protocol):
     def _startup_reply(self, tag: int, payload: bytes) -> None:
         """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs."""
         if tag == BackendTag.AUTHENTICATION:
-            if codec.auth_code(payload) == codec.AuthCode.OK:
+            code = codec.auth_code(payload)
+            if code == codec.AuthCode.OK:
                 self.state = State.READY  # authenticated: what follows is relayed
+                self._auth_expects_response = False
+            else:
+                self._auth_expects_response = code not in (
+                    codec.AuthCode.SASL_FINAL, codec.AuthCode.OK
+                )
         elif tag == BackendTag.BACKEND_KEY_DATA:
             self.backend_key = codec.decode_backend_key_data(payload)
         elif tag == BackendTag.ERROR_RESPONSE:

@@ -113,6 +113,7 @@ class Tracker:
     status: TxnStatus = TxnStatus.IDLE
     skipping: bool = False  # Postgres is discarding messages until Sync
     copy_in: bool = False  # the backend is in copy-in mode
+    status_known: bool = False  # a ReadyForQuery has been seen (start-up is over)
 
     # --- client side ---------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Tracker:
 
     def _ready(self, payload: bytes) -> Pending | None:
         self.status = TxnStatus(payload[0]) if payload else TxnStatus.IDLE
+        self.status_known = True
         self.copy_in = False
         self.skipping = False
         if self.status is TxnStatus.IDLE:
