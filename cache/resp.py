@@ -61,6 +61,7 @@ class RespClient:
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # commands to write at the end of this loop iteration
 
     async def call(self, *args: bytes | str | int) -> Any:
         """Send one command; its reply (a `hiredis.ReplyError` for an error reply)."""
@@ -70,7 +71,10 @@ class RespClient:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.waiters.append((future, time.monotonic()))
-        transport.write(hiredis.pack_command(cast(Any, args)))
+        # Commands of every session in this loop iteration go out in one write (one syscall).
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(hiredis.pack_command(cast(Any, args)))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.op_timeout, self._check)
         return await future
@@ -107,6 +111,12 @@ class RespClient:
                 reply = await future
             if isinstance(reply, hiredis.ReplyError):
                 raise RespError(f"SELECT {self.db}: {reply}")
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))
 
     def _check(self) -> None:
         self._watchdog = None

@@ -67,6 +67,32 @@ class Pending:
     params: tuple[str | None, ...] = ()
 
 
+_READY_FOR_QUERY = int(BackendTag.READY_FOR_QUERY)
+_ERROR_RESPONSE = int(BackendTag.ERROR_RESPONSE)
+_COMMAND_COMPLETE = int(BackendTag.COMMAND_COMPLETE)
+_COPY_IN_RESPONSE = int(BackendTag.COPY_IN_RESPONSE)
+_COMPLETES_HEAD = frozenset(
+    int(t)
+    for t in (
+        BackendTag.PARSE_COMPLETE,
+        BackendTag.BIND_COMPLETE,
+        BackendTag.CLOSE_COMPLETE,
+        BackendTag.ROW_DESCRIPTION,
+        BackendTag.NO_DATA,
+    )
+)
+_ENDS_EXECUTE = frozenset(
+    int(t)
+    for t in (
+        BackendTag.COMMAND_COMPLETE,
+        BackendTag.EMPTY_QUERY_RESPONSE,
+        BackendTag.PORTAL_SUSPENDED,
+    )
+)
+_SIMPLE = (Request.QUERY, Request.FUNCTION_CALL)
+_STATUS = {int(s): s for s in TxnStatus}
+
+
 def pending_for(tag: int, payload: bytes) -> Pending | None:
     """The entry for one frontend message forwarded upstream (None: it gets no answer)."""
     match tag:
@@ -143,44 +169,38 @@ class Tracker:
     # --- backend side --------------------------------------------------------------
 
     def on_backend(self, tag: int, payload: bytes) -> Pending | None:
-        """Account for one backend message; return the entry it completed, if any."""
+        """Account for one backend message; return the entry it completed, if any.
+
+        Hot path (every decoded backend message): dispatch on plain ints, no enum calls.
+        """
         pending = self.pending
-        while pending and pending[0].request is Request.COPY_END:
-            pending.popleft()  # a copy that ended before its marker was reached
+        if pending and pending[0].request is Request.COPY_END:
+            while pending and pending[0].request is Request.COPY_END:
+                pending.popleft()  # a copy that ended before its marker was reached
         head = pending[0] if pending else None
-        match tag:
-            case BackendTag.READY_FOR_QUERY:
-                return self._ready(payload)
-            case BackendTag.ERROR_RESPONSE:
-                return self._error(head)
-            case (
-                BackendTag.PARSE_COMPLETE
-                | BackendTag.BIND_COMPLETE
-                | BackendTag.CLOSE_COMPLETE
-                | BackendTag.ROW_DESCRIPTION
-                | BackendTag.NO_DATA
-            ):
-                if head is None or head.request in (Request.QUERY, Request.FUNCTION_CALL):
-                    return None
-                pending.popleft()
-                self._confirm(head)
-                return head
-            case (
-                BackendTag.COMMAND_COMPLETE
-                | BackendTag.EMPTY_QUERY_RESPONSE
-                | BackendTag.PORTAL_SUSPENDED
-            ):
-                if tag == BackendTag.COMMAND_COMPLETE:
-                    self._command_tag(payload)
-                if head is None:
-                    return None
-                if head.request is Request.EXECUTE:
-                    return pending.popleft()
-                if head.request is Request.QUERY and tag == BackendTag.COMMAND_COMPLETE:
-                    self.portals.pop("", None)  # each statement ran in a new unnamed portal
+        if tag == _READY_FOR_QUERY:
+            return self._ready(payload)
+        if tag in _COMPLETES_HEAD:  # ParseComplete, BindComplete, CloseComplete, T, n
+            if head is None or head.request in _SIMPLE:
                 return None
-            case BackendTag.COPY_IN_RESPONSE:
-                self._enter_copy_in()
+            pending.popleft()
+            if head.request is not Request.DESCRIBE:
+                self._confirm(head)
+            return head
+        if tag in _ENDS_EXECUTE:  # CommandComplete, EmptyQueryResponse, PortalSuspended
+            if tag == _COMMAND_COMPLETE and payload[:1] == b"D":
+                self._command_tag(payload)
+            if head is None:
+                return None
+            if head.request is Request.EXECUTE:
+                return pending.popleft()
+            if head.request is Request.QUERY and tag == _COMMAND_COMPLETE:
+                self.portals.pop("", None)  # each statement ran in a new unnamed portal
+            return None
+        if tag == _ERROR_RESPONSE:
+            return self._error(head)
+        if tag == _COPY_IN_RESPONSE:
+            self._enter_copy_in()
         return None
 
     def _confirm(self, entry: Pending) -> None:
@@ -195,11 +215,11 @@ class Tracker:
                 self.portals.pop(entry.name, None)
 
     def _ready(self, payload: bytes) -> Pending | None:
-        self.status = TxnStatus(payload[0]) if payload else TxnStatus.IDLE
+        self.status = _STATUS.get(payload[0], TxnStatus.IDLE) if payload else TxnStatus.IDLE
         self.status_known = True
         self.copy_in = False
         self.skipping = False
-        if self.status is TxnStatus.IDLE:
+        if self.status is TxnStatus.IDLE and self.portals:
             self.portals.clear()  # portals live until the end of their transaction
         pending = self.pending
         while pending:
