@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) $(ARGS)
+	PGREACTIVE_CATALOG_USER=$${PGREACTIVE_CATALOG_USER-postgres} \
+	  $(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
