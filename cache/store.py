@@ -155,7 +155,12 @@ class RedisBackend:
         return self._client
 
     async def start(self) -> None:
-        """Check the eviction policy, load the scripts and heal; never raises for Redis."""
+        """Check the eviction policy and load the scripts; never raises for Redis.
+
+        A process that starts has missed no invalidation of its own, so a reachable Redis
+        is available at once (no epoch bump: restarting one instance must not empty the
+        cache of all); an unreachable one is healed, with the epoch bump, when it returns.
+        """
         await self._check_policy()
         try:
             async with asyncio.timeout(self._deadline * 4):
@@ -163,7 +168,9 @@ class RedisBackend:
                     await self._client.script_load(script.script)
         except (RedisError, *_TRANSPORT_ERRORS) as exc:
             log.warning("redis unavailable at start: %s", exc)
-        await self._heal()
+            self._trip(exc)
+            return
+        self._available = True
 
     async def close(self) -> None:
         if self._fast is not None:

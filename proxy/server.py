@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,9 @@ class Server:
         self._listener = await loop.create_server(
             lambda: ClientSession(self), listen.host, listen.port, reuse_address=True
         )
+        if self.cache is not None and not self.config.events.source:
+            port = self.bound_address().rsplit(":", 1)[1]
+            self.cache.source = f"{socket.gethostname()}:{port}"  # events name this instance
         log.info(
             "pgreactive listening on %s, proxying to %s (cache %s)",
             self.bound_address(),

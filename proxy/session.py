@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
+from analyzer import Analysis, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import (
@@ -514,7 +514,9 @@ class ClientSession(asyncio.Protocol):
                     self.settings.release(txn.savepoint)
         elif tag == b"ROLLBACK\x00":
             self._txn_outcome = False
-        elif statement.kind is Kind.SESSION:
+        else:
+            # SET/RESET/DISCARD, and set_config() inside a SELECT: a setting that changed
+            # must change the cache key, whatever statement changed it.
             for change in statement.session_changes:
                 self.settings.apply(change.action, change.name, change.value, change.local)
 

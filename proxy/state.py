@@ -68,8 +68,10 @@ class Settings:
         return None
 
     def effective(self) -> dict[str, str]:
-        """Every known setting with its current value."""
-        return {**self.committed, **self.txn, **self.local}
+        """Every setting known to differ from the server default, with its current value
+        (a RESET to the default counts as never set, as in a fresh session)."""
+        merged = {**self.committed, **self.txn, **self.local}
+        return {name: value for name, value in merged.items() if value != DEFAULT}
 
     # --- changes -------------------------------------------------------------------
 
