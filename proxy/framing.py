@@ -47,6 +47,8 @@ class FrontendReader:
         In start-up mode the tag is 0 and the bytes are the whole untagged packet.
         """
         buf = self._buf
+        if not buf and not self.startup:
+            return self._feed_fresh(data)
         buf += data
         out: list[tuple[int, bytes]] = []
         pos = 0
@@ -78,9 +80,33 @@ class FrontendReader:
             del buf[:pos]
         return out
 
+    def _feed_fresh(self, data: bytes) -> list[tuple[int, bytes]]:
+        """`feed` when nothing is buffered (the usual case): slice `data` directly."""
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        n = len(data)
+        check = self._check
+        while n - pos >= 5:
+            tag = data[pos]
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            check(tag, length)
+            end = pos + 1 + length
+            if end > n:
+                break
+            out.append((tag, data[pos:end]))
+            pos = end
+        if pos < n:
+            self._buf += data[pos:]
+        return out
+
     def pending(self) -> bytes:
         """Bytes received but not yet returned as a message."""
         return bytes(self._buf)
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes wait for the rest of their message."""
+        return len(self._buf)
 
     def _check(self, tag: int, length: int) -> None:
         if tag not in FRONTEND_TAGS:

@@ -74,6 +74,14 @@ _DECODED = frozenset(
 _SETTINGS_TAGS = (b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK")
 _END_TAGS = {b"COMMIT\x00": True, b"PREPARE TRANSACTION\x00": True, b"ROLLBACK\x00": False}
 _DECODE_ALL = frozenset(range(256))
+# Hot-path constants (an enum member lookup costs ~90 ns on Python 3.11, a global ~8 ns).
+_TERMINATE = int(FrontendTag.TERMINATE)
+_PARAMETER_STATUS = int(BackendTag.PARAMETER_STATUS)
+_BACKEND_KEY_DATA = int(BackendTag.BACKEND_KEY_DATA)
+_COMMAND_COMPLETE = int(BackendTag.COMMAND_COMPLETE)
+_ERROR_RESPONSE = int(BackendTag.ERROR_RESPONSE)
+_READY_FOR_QUERY = int(BackendTag.READY_FOR_QUERY)
+_PARSE_COMPLETE = int(BackendTag.PARSE_COMPLETE)
 
 
 class State(Enum):
@@ -266,30 +274,36 @@ class ClientSession(asyncio.Protocol):
     # --- relay ---------------------------------------------------------------------
 
     def _relay_client(self, data: bytes) -> None:
+        whole = not self.reader.buffered  # `data` starts at a message boundary
         messages = self.reader.feed(data)
         if self._held_at_auth:
             self._held_at_auth.extend(messages)  # still behind the start-up's ReadyForQuery
             return
-        self._relay_messages(messages)
+        if whole and not self.reader.buffered and self.cache is None:
+            self._relay_messages(messages, data)  # exactly these messages: send `data` as is
+        else:
+            self._relay_messages(messages)
 
-    def _relay_messages(self, messages: list[tuple[int, bytes]]) -> None:
+    def _relay_messages(self, messages: list[tuple[int, bytes]], data: bytes = b"") -> None:
         if self.cache is not None:
             self.cache.client_messages(messages)
             return
-        out: list[bytes] = []
         push = self.tracker.push
-        for tag, raw in messages:
-            if tag == FrontendTag.TERMINATE:
-                if out:
-                    self.send_upstream(b"".join(out))
+        for index, (tag, raw) in enumerate(messages):
+            if tag == _TERMINATE:
+                if index:
+                    self.send_upstream(b"".join(raw for _, raw in messages[:index]))
                 self.terminate()
                 return
             entry = pending_for(tag, raw[5:])
             if entry is not None:
                 push(entry)
-            out.append(raw)
-        if out:
-            self.send_upstream(out[0] if len(out) == 1 else b"".join(out))
+        if data:
+            self.send_upstream(data)
+        elif messages:
+            self.send_upstream(
+                messages[0][1] if len(messages) == 1 else b"".join(raw for _, raw in messages)
+            )
 
     def client_messages(self, messages: list[tuple[int, bytes]]) -> None:
         """Client messages held back by the cache path, now to be relayed."""
@@ -350,6 +364,9 @@ class ClientSession(asyncio.Protocol):
         """
         tracker = self.tracker
         cache = self.cache
+        if cache is None and self.state is State.READY:
+            self._relay_plain(data, messages)
+            return
         write = self.write_client
         for i in range(index, len(messages)):
             tag, payload, end = messages[i]
@@ -420,6 +437,32 @@ class ClientSession(asyncio.Protocol):
             # ReadyForQuery, so that ReadyForQuery is not taken for theirs.
             early, self._held_at_auth = self._held_at_auth, []
             self._relay_messages(early)
+        if self.draining and tracker.idle() and self.scanner.at_boundary():
+            self.close(ShuttingDown("terminating connection due to administrator command"))
+
+    def _relay_plain(self, data: bytes, messages: list[tuple[int, bytes, int]]) -> None:
+        """`_relay_upstream` without a cache: account for the messages, send the chunk."""
+        tracker = self.tracker
+        on_backend = tracker.on_backend
+        for tag, payload, _ in messages:
+            if tag == _COMMAND_COMPLETE:
+                self._command_complete(payload, tracker.pending[0] if tracker.pending else None)
+            elif tag == _READY_FOR_QUERY:
+                on_backend(tag, payload)
+                self._ready()
+                continue
+            elif tag == _PARAMETER_STATUS:
+                name, value = codec.decode_parameter_status(payload)
+                self.parameters[name] = value
+                self.settings.reported(name, value)
+                continue
+            elif tag == _ERROR_RESPONSE:
+                self._error(payload)
+            elif tag == _BACKEND_KEY_DATA:
+                self.backend_key = codec.decode_backend_key_data(payload)
+                continue
+            on_backend(tag, payload)
+        self.write_client(data)
         if self.draining and tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
 
