@@ -82,6 +82,7 @@ class WritePlan:
     operation: str
     scope: str | None  # the value of the first scope column the write is confined to
     whole_database: bool = False
+    catalog_changed: bool = False  # DDL (or what may run DDL): reload the catalog
 
 
 def plan_read(
@@ -158,7 +159,9 @@ def plan_write(
     """What a successful statement invalidates at commit; None if it writes nothing."""
     operation = analysis.kind.value.upper()
     written = analysis.tables_written
-    if analysis.writes_unknown or analysis.ddl or analysis.kind is Kind.UNKNOWN:
+    if analysis.ddl or analysis.kind in _MAY_CHANGE_CATALOG:
+        return _whole_database(ns, written, operation, catalog_changed=True)
+    if analysis.writes_unknown:
         return _whole_database(ns, written, operation)
     if not written:
         return None
@@ -178,9 +181,17 @@ def plan_write(
     return WritePlan(frozenset(bumps), first, frozenset(targets) | related[1], operation, scope)
 
 
-def _whole_database(ns: Namespace, written: Iterable[str], operation: str) -> WritePlan:
+# Statements that may change the catalog (directly, or by running arbitrary code).
+_MAY_CHANGE_CATALOG = frozenset({Kind.DDL, Kind.GRANT, Kind.CALL, Kind.EXECUTE, Kind.UNKNOWN})
+
+
+def _whole_database(
+    ns: Namespace, written: Iterable[str], operation: str, *, catalog_changed: bool = False
+) -> WritePlan:
     tables = frozenset(bare(t) for t in written) or frozenset({"*"})
-    return WritePlan(frozenset({ns.epoch}), "*", tables, operation, None, whole_database=True)
+    return WritePlan(
+        frozenset({ns.epoch}), "*", tables, operation, None, True, catalog_changed
+    )
 
 
 def _confined(

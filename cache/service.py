@@ -201,12 +201,17 @@ class CacheService:
         shape: str | None,
     ) -> None:
         stored = False
+        # No reader may join this miss once the fill is under way: one that started after
+        # the fill was stored could otherwise get a result older than a write acknowledged
+        # (on another instance) in between.  Those that joined before are safe.
+        if _FILL_DELAY_MS:
+            await asyncio.sleep(random.uniform(0, _FILL_DELAY_MS) / 1000)
+        waiting = self._inflight.pop(entry_key, None)
         try:
-            if _FILL_DELAY_MS:
-                await asyncio.sleep(random.uniform(0, _FILL_DELAY_MS) / 1000)
             stored = await self.backend.fill(entry_key, gen_keys, gens, entry.encode(body), ttl_ms)
         finally:
-            self._release(entry_key, body if stored else None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(body if stored else None)
         if stored:
             self.stats.fills_stored += 1
             if shape:
@@ -238,12 +243,11 @@ class CacheService:
             return True
         bumps = sorted(set().union(*(p.bumps for p in plans)))
         ok = await self.backend.bump(bumps)
-        whole = any(p.whole_database for p in plans)
         self.stats.invalidations += 1
-        if whole:
+        if any(p.whole_database for p in plans):
             self.stats.database_invalidations += 1
-            if self.catalogs is not None:
-                self.catalogs.invalidate(database)
+        if self.catalogs is not None and any(p.catalog_changed for p in plans):
+            self.catalogs.invalidate(database)  # DDL (or code that may run it): reload
         if not ok:
             self.stats.invalidation_failures += 1
             log.warning("invalidation of %s could not be written; cache paused", database)

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+BUMP_ATTEMPT_TIMEOUT: Final = 2.0  # seconds one invalidation attempt may take
+BUMP_DEADLINE: Final = 5.0  # seconds an invalidation is retried while Redis is believed up
 _TRANSPORT_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
@@ -89,14 +91,17 @@ class RedisBackend:
         self._failures = 0  # bumped on every breaker-opening failure; guards heal races
         self._lookup = client.register_script(lua.LOOKUP)
         self._fast: RespClient | None = None  # the hot path: pipelined, one connection
+        self._patient: RespClient | None = None  # invalidations: long timeouts, retried
         kwargs = client.connection_pool.connection_kwargs
         if "host" in kwargs and not kwargs.get("password") and not kwargs.get("username"):
+            where = (kwargs["host"], int(kwargs.get("port", 6379)), int(kwargs.get("db", 0)))
             self._fast = RespClient(
-                kwargs["host"],
-                int(kwargs.get("port", 6379)),
-                int(kwargs.get("db", 0)),
-                op_timeout=op_timeout,
-                connect_timeout=connect_timeout,
+                *where, op_timeout=op_timeout, connect_timeout=connect_timeout
+            )
+            self._patient = RespClient(
+                *where,
+                op_timeout=max(op_timeout, BUMP_ATTEMPT_TIMEOUT),
+                connect_timeout=max(connect_timeout, BUMP_ATTEMPT_TIMEOUT),
             )
         self._fill = client.register_script(lua.FILL)
         self._bump = client.register_script(lua.BUMP)
@@ -173,8 +178,9 @@ class RedisBackend:
         self._available = True
 
     async def close(self) -> None:
-        if self._fast is not None:
-            self._fast.close()
+        for resp in (self._fast, self._patient):
+            if resp is not None:
+                resp.close()
         await self._client.aclose()
 
     async def healthy(self) -> bool:
@@ -335,14 +341,44 @@ class RedisBackend:
         return False
 
     async def bump(self, gen_keys: Sequence[str]) -> bool:
+        """Invalidate: the writer waits for this, so it is patient where lookups are not.
+
+        A bump that is lost lets other instances serve entries its write made stale, so it
+        is tried even while the breaker is open, with long timeouts, and retried for up to
+        `BUMP_DEADLINE` seconds while Redis is believed up (a slow Redis under load is not an
+        outage).  Only then does it fail (and the breaker opens; healing bumps the epoch).
+        """
         if not gen_keys:
             return True
-        reply = await self._call(lambda: self._bump(keys=list(gen_keys)), trip_on_reply_error=True)
-        if isinstance(reply, _Failed):
-            self.bump_failures += 1
-            return False
-        self.bumps += 1
-        return True
+        if self._patient is None:
+            reply = await self._call(
+                lambda: self._bump(keys=list(gen_keys)), trip_on_reply_error=True
+            )
+            if isinstance(reply, _Failed):
+                self.bump_failures += 1
+                return False
+            self.bumps += 1
+            return True
+        deadline = self._clock() + (BUMP_DEADLINE if self._available else 0.0)
+        while True:
+            try:
+                reply = await self._patient.call(
+                    "EVALSHA", self._bump.sha, len(gen_keys), *gen_keys
+                )
+                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                    reply = await self._patient.call(
+                        "EVAL", lua.BUMP, len(gen_keys), *gen_keys
+                    )
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RespError(f"bump refused: {reply}")
+                self.bumps += 1
+                return True
+            except RespError as exc:
+                if self._clock() >= deadline:
+                    self.bump_failures += 1
+                    self._trip(exc)
+                    return False
+            await asyncio.sleep(0.05)
 
     # --- events ---------------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ _COMMAND_COMPLETE = int(BackendTag.COMMAND_COMPLETE)
 _ERROR_RESPONSE = int(BackendTag.ERROR_RESPONSE)
 _READY_FOR_QUERY = int(BackendTag.READY_FOR_QUERY)
 _PARSE_COMPLETE = int(BackendTag.PARSE_COMPLETE)
+_PORTAL_SUSPENDED = int(BackendTag.PORTAL_SUSPENDED)
 
 
 class State(Enum):
@@ -382,9 +383,13 @@ class ClientSession(asyncio.Protocol):
                 barrier: Barrier | None = None
                 head = tracker.pending[0] if tracker.pending else None
                 replacement = cache.observe(tag, payload, head) if cache is not None else None
-                if tag == BackendTag.COMMAND_COMPLETE:
+                if tag == _COMMAND_COMPLETE:
                     barrier = self._command_complete(payload, head)
-                elif tag == BackendTag.ERROR_RESPONSE:
+                elif tag == _PORTAL_SUSPENDED and head is not None:
+                    # A row-limited Execute of an UPDATE ... RETURNING has run the whole
+                    # statement although it answers PortalSuspended: collect its writes.
+                    self._command_complete(b"", head)
+                elif tag == _ERROR_RESPONSE:
                     self._error(payload)
                 done = tracker.on_backend(tag, payload)
                 if tag == BackendTag.READY_FOR_QUERY:
