@@ -168,7 +168,7 @@ class SessionCache:
             self.session.send_upstream(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
-    def _forward(self, tag: int, raw: bytes, out: list[bytes]) -> None:
+    def _forward(self, tag: int, raw: bytes, out: list[bytes], planned: bool = False) -> None:
         """Relay one message upstream, recording what it expects (and what it is)."""
         entry_ = pending_for(tag, raw[5:])
         if tag == FrontendTag.QUERY:
@@ -179,12 +179,12 @@ class SessionCache:
         elif tag == FrontendTag.SYNC:
             self.executed = self.local_segment = False
         elif entry_ is not None:
-            self._annotate(entry_, raw, out)
+            self._annotate(entry_, raw, out, planned)
         if entry_ is not None:
             self.session.tracker.push(entry_)
         out.append(raw)
 
-    def _annotate(self, entry_: Pending, raw: bytes, out: list[bytes]) -> None:
+    def _annotate(self, entry_: Pending, raw: bytes, out: list[bytes], planned: bool) -> None:
         """Extended messages: keep the client's view, send deferred Parses first."""
         request = entry_.request
         if request is Request.PARSE:
@@ -204,6 +204,8 @@ class SessionCache:
             statement, params = self.client_portals.get(entry_.name, ("", ()))
             entry_.sql = self.client_statements.get(statement, "")
             entry_.params = params
+            if not planned:
+                self._count_bypass(entry_.sql)
         elif request is Request.FUNCTION_CALL:
             self.executed = True
             self.writes.append(self._unknown_write())  # any function, any effect
@@ -268,6 +270,18 @@ class SessionCache:
         self.held = []
         self.session.pause_client("lookup")
 
+    def _count_bypass(self, sql: str) -> None:
+        """An extended-protocol read relayed without being considered for the cache (in a
+        transaction, in a pipeline with other requests, ...): count it with its reason."""
+        if not sql:
+            return
+        analysis = analyze(sql, options=self._options(self._context()))
+        if analysis.kind is Kind.SELECT:
+            reason = self._eligible() or Bypass.REQUEST_SHAPE
+            if reason is Bypass.REQUEST_SHAPE and not analysis.cacheable:
+                reason = str(analysis.reason)
+            self.service.stats.bypassed(reason)
+
     def _plan(
         self, analysis: StatementAnalysis, context: DatabaseContext, params: tuple[str | None, ...]
     ) -> ReadPlan | None:
@@ -294,12 +308,15 @@ class SessionCache:
             segment.append((tag, raw))
             return True
         self.segment = None
+        planned = False
         if tag in (FrontendTag.SYNC, FrontendTag.FLUSH) and segment:
             unit = self._unit(segment, final=tag == FrontendTag.SYNC)
-            if unit is not None and self._start_unit(unit, segment, raw, out):
-                return True
+            if unit is not None:
+                if self._start_unit(unit, segment, raw, out):
+                    return True
+                planned = True  # considered (and counted) already
         for t, r in segment:
-            self._forward(t, r, out)
+            self._forward(t, r, out, planned)
         return False
 
     def _local_sync(self) -> bool:
@@ -453,7 +470,7 @@ class SessionCache:
                         FrontendTag.EXECUTE, body + (request.max_rows + 1).to_bytes(4, "big")
                     )
                 before = len(tracker.pending)
-                self._forward(raw[0], raw, out)
+                self._forward(raw[0], raw, out, planned=True)
                 if capture is not None:
                     for pending in list(tracker.pending)[before:]:
                         if pending.request in (Request.DESCRIBE, Request.EXECUTE):

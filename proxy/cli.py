@@ -129,7 +129,9 @@ def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
 
     backend: Backend
     if config.redis_url:
-        backend = RedisBackend.from_url(config.redis_url)
+        backend = RedisBackend.from_url(
+            config.redis_url, op_timeout=config.redis_timeout, connect_timeout=config.redis_timeout
+        )
     else:
         logging.getLogger("pgreactive").info(
             "no Redis configured: in-memory cache for this process only"

@@ -93,6 +93,7 @@ class Config:
     listen: Address = Address("127.0.0.1", 6543)
     upstream: UpstreamConfig = UpstreamConfig()
     redis_url: str | None = None
+    redis_timeout: float = 0.25  # seconds a lookup or fill may wait for Redis
     cache: CacheConfig = CacheConfig()
     relations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     catalog: CatalogConfig = CatalogConfig()
@@ -186,7 +187,7 @@ def build(raw: Mapping[str, Any]) -> Config:
         if key in raw and raw[key] is not None:
             result = parse(raw[key])
             if key == "redis":
-                values["redis_url"] = result
+                values["redis_url"], values["redis_timeout"] = result
             elif key == "log":
                 values["log_level"], values["log_format"] = result
             else:
@@ -303,16 +304,19 @@ def _upstream_url(value: Any) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _redis(value: Any) -> str | None:
+def _redis(value: Any) -> tuple[str | None, float]:
     raw = _mapping("redis", value)
-    _no_unknown("redis.", raw, {"url": 0})
+    _no_unknown("redis.", raw, {"url": 0, "timeout": 0})
+    timeout = _float("redis.timeout", raw.get("timeout", Config().redis_timeout))
+    if timeout <= 0:
+        raise ConfigError(f"redis.timeout: expected a number > 0, got {timeout}")
     url = raw.get("url")
     if url is None or url == "":
-        return None
+        return None, timeout
     text = _str("redis.url", url)
     if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"redis.url: expected redis://HOST:PORT/DB, got {text!r}")
-    return text
+    return text, timeout
 
 
 def _cache(value: Any) -> CacheConfig:
