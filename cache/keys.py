@@ -13,6 +13,7 @@ they are unchanged.  Counters are named here:
 
     pgr:epoch                           global: bumped when the cache heals after an outage
     pgr:{DB}:epoch                      database: DDL, writes of unknown reach
+    pgr:{DB}:ddl                        database: DDL only (tells instances to reload catalogs)
     pgr:{DB}:g:TABLE                    any write to TABLE              ("gen(T, any)")
     pgr:{DB}:g:TABLE#-                  a write to TABLE not confined to one scope value
     pgr:{DB}:g:TABLE#COLUMN=VALUE       a write to TABLE confined to COLUMN = VALUE
@@ -103,6 +104,16 @@ class Namespace:
     def epoch(self) -> str:
         return self.prefix + "epoch"
 
+    @property
+    def ddl(self) -> str:
+        """Bumped (with the epoch) by DDL: a catalog read before its value is stale."""
+        return self.prefix + "ddl"
+
+    @property
+    def probe(self) -> str:
+        """An entry key that never holds an entry: lookups of it just read counters."""
+        return self.prefix + "probe"
+
     def table(self, table: str) -> str:
         """gen(T, any)."""
         return f"{self.prefix}g:{bare(table)}"
@@ -148,7 +159,7 @@ def read_generations(
 ) -> list[str]:
     """The counters a read depends on, in a stable order (the global and database epochs
     first).  `pinned[table][column]` gives the scope values the read pins per table."""
-    keys = {GLOBAL_EPOCH, ns.epoch}
+    keys = {GLOBAL_EPOCH, ns.epoch, ns.ddl}
     for table in tables:
         values = pinned.get(table) or pinned.get(bare(table))
         if values:

@@ -83,6 +83,7 @@ class WritePlan:
     scope: str | None  # the value of the first scope column the write is confined to
     whole_database: bool = False
     catalog_changed: bool = False  # DDL (or what may run DDL): reload the catalog
+    catalog_id: int = 0  # id() of the catalog the plan was made with (0: none)
 
 
 def plan_read(
@@ -178,7 +179,8 @@ def plan_write(
     related = _related(ns, policy, written, analysis, params)
     bumps.update(related[0])
     scope = next(iter(confined.values()), None) if confined else None
-    return WritePlan(frozenset(bumps), first, frozenset(targets) | related[1], operation, scope)
+    tables = frozenset(targets) | related[1]
+    return WritePlan(frozenset(bumps), first, tables, operation, scope, catalog_id=id(catalog))
 
 
 # Statements that may change the catalog (directly, or by running arbitrary code).
@@ -189,9 +191,8 @@ def _whole_database(
     ns: Namespace, written: Iterable[str], operation: str, *, catalog_changed: bool = False
 ) -> WritePlan:
     tables = frozenset(bare(t) for t in written) or frozenset({"*"})
-    return WritePlan(
-        frozenset({ns.epoch}), "*", tables, operation, None, True, catalog_changed
-    )
+    bumps = frozenset({ns.epoch, ns.ddl} if catalog_changed else {ns.epoch})
+    return WritePlan(bumps, "*", tables, operation, None, True, catalog_changed)
 
 
 def _confined(

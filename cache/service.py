@@ -19,7 +19,6 @@ The backend never raises and fails open; this module never fails a query either.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import random
@@ -80,7 +79,7 @@ class CacheService:
         if catalog.user:
             self.catalogs = CatalogCache(
                 self._connect_catalog,
-                loader=functools.partial(load_catalog, view_check=_view_check),
+                loader=self._load_catalog,
                 max_age=catalog.max_age or None,
             )
         self.policy = CachePolicy(
@@ -99,6 +98,8 @@ class CacheService:
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self._shapes: dict[tuple[str, str], OrderedDict[str, None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._client_db: dict[int, str] = {}  # catalog connection → its database
+        self._catalog_ddl: dict[int, str | None] = {}  # catalog → `ddl` counter it predates
 
     async def start(self) -> None:
         await self.backend.start()
@@ -112,7 +113,7 @@ class CacheService:
 
     async def _connect_catalog(self, database: str) -> PgClient:
         upstream, catalog = self.config.upstream, self.config.catalog
-        return await PgClient.connect(
+        client = await PgClient.connect(
             upstream.host,
             upstream.port,
             catalog.user,
@@ -120,6 +121,40 @@ class CacheService:
             password=catalog.password or None,
             timeout=upstream.connect_timeout,
         )
+        self._client_db[id(client)] = database
+        return client
+
+    async def _load_catalog(self, client: PgClient) -> Catalog:
+        """Load a catalog, noting the database's `ddl` counter read just before: when the
+        counter has moved (DDL through any instance), this catalog is out of date."""
+        database = self._client_db.get(id(client), "")
+        ns = self.context(database).namespace if database else None
+        ddl = await self._counter(ns, ns.ddl) if ns is not None else None
+        catalog = await load_catalog(client, view_check=_view_check)
+        self._catalog_ddl[id(catalog)] = ddl
+        return catalog
+
+    async def _counter(self, ns: Namespace, key: str) -> str | None:
+        """The current value of one counter (None if the backend is unavailable)."""
+        result = await self.backend.lookup(ns.probe, [key])
+        return result.gens if result is not None else None
+
+    def catalog_current(
+        self, database: str, catalog: Catalog | None, gen_keys: Sequence[str], gens: str
+    ) -> bool:
+        """Whether `catalog` still describes the schema, judged by the `ddl` counter a lookup
+        just read; if not, it is dropped (and reloaded) and the read is not cached."""
+        if catalog is None or self.catalogs is None:
+            return True
+        ns = self.context(database).namespace
+        try:
+            value = gens.split(",")[list(gen_keys).index(ns.ddl)]
+        except (ValueError, IndexError):
+            return False
+        if value == self._catalog_ddl.get(id(catalog)):
+            return True
+        self.catalogs.invalidate(database)
+        return False
 
     # --- planning context ------------------------------------------------------------
 
@@ -243,6 +278,14 @@ class CacheService:
             return True
         bumps = sorted(set().union(*(p.bumps for p in plans)))
         ok = await self.backend.bump(bumps)
+        if ok and self.catalogs is not None and not any(p.whole_database for p in plans):
+            # Planned with a catalog that DDL (through another instance) has since made
+            # stale? Then what the write reaches is unknown: invalidate the database.
+            ns = self.context(database).namespace
+            ddl = await self._counter(ns, ns.ddl)
+            if ddl is None or any(self._catalog_ddl.get(p.catalog_id) != ddl for p in plans):
+                ok = await self.backend.bump([ns.epoch])
+                self.catalogs.invalidate(database)
         self.stats.invalidations += 1
         if any(p.whole_database for p in plans):
             self.stats.database_invalidations += 1
@@ -252,7 +295,8 @@ class CacheService:
             self.stats.invalidation_failures += 1
             log.warning("invalidation of %s could not be written; cache paused", database)
             return False
-        await self._publish(database, plans, source)
+        # Events go out after the writer is released: only the bump must precede it.
+        self._spawn(self._publish(database, plans, source))
         return True
 
     async def _publish(self, database: str, plans: Sequence[WritePlan], source: str) -> None:

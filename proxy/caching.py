@@ -51,6 +51,7 @@ BIND_COMPLETE = codec.message(BackendTag.BIND_COMPLETE)
 _EXTENDED = frozenset(b"PBDE")
 _CAPTURED = frozenset(b"TDC")
 _HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
+_WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class SessionCache:
         self.executed = False  # an Execute of this segment went upstream: relay until Sync
         self.local_segment = False  # this segment was answered from the cache so far
         self.deferred: dict[str, tuple[bytes, str, tuple[int, ...]]] = {}
+        self.undeferring: set[str] = set()  # deferred Parses sent, not yet confirmed
         self.client_statements: dict[str, str] = {}  # the client's view: name → SQL
         self.client_portals: dict[str, tuple[str, tuple[str | None, ...]]] = {}
         self.captures: list[Capture] = []
@@ -171,6 +173,7 @@ class SessionCache:
     def _forward(self, tag: int, raw: bytes, out: list[bytes], planned: bool = False) -> None:
         """Relay one message upstream, recording what it expects (and what it is)."""
         entry_ = pending_for(tag, raw[5:])
+        self.local_segment = False  # the segment is no longer answered by the cache alone
         if tag == FrontendTag.QUERY:
             assert entry_ is not None
             self.deferred.pop("", None)  # a simple Query destroys the unnamed statement
@@ -190,15 +193,21 @@ class SessionCache:
         if request is Request.PARSE:
             if entry_.name:
                 self._undefer(entry_.name, out)  # so a duplicate name fails as it should
+                # A second Parse of a name fails (42P05): the statement keeps its first SQL.
+                self.client_statements.setdefault(entry_.name, entry_.sql)
             else:
                 self.deferred.pop("", None)
-            self.client_statements[entry_.name] = entry_.sql
+                self.client_statements[""] = entry_.sql
         elif request is Request.BIND:
             self._undefer(entry_.statement, out)
             bind = codec.decode_bind(raw[5:])
             self.client_portals[entry_.name] = (entry_.statement, _text_params(bind))
         elif request in (Request.DESCRIBE, Request.CLOSE) and entry_.kind == "S":
             self._undefer(entry_.name, out)
+            if request is Request.CLOSE:
+                self.client_statements.pop(entry_.name, None)
+        elif request is Request.CLOSE:
+            self.client_portals.pop(entry_.name, None)
         elif request is Request.EXECUTE:
             self.executed = True
             statement, params = self.client_portals.get(entry_.name, ("", ()))
@@ -207,12 +216,17 @@ class SessionCache:
             if not planned:
                 self._count_bypass(entry_.sql)
         elif request is Request.FUNCTION_CALL:
-            self.executed = True
             self.writes.append(self._unknown_write())  # any function, any effect
 
     def _undefer(self, name: str, out: list[bytes]) -> None:
-        deferred = self.deferred.pop(name, None)
-        if deferred is not None:
+        """Send a Parse answered from the cache before the first message that needs it.
+
+        It stays deferred until its (hidden) ParseComplete arrives: if it fails or is
+        skipped after an error, the next use sends it again.
+        """
+        deferred = self.deferred.get(name)
+        if deferred is not None and name not in self.undeferring:
+            self.undeferring.add(name)
             raw, sql, oids = deferred
             self.session.tracker.push(
                 Pending(Request.PARSE, name=name, sql=sql, param_oids=oids, hidden=True)
@@ -228,6 +242,9 @@ class SessionCache:
         analysis = analyze(pending.sql, options=self._options(context))
         pending.analysis = analysis
         if analysis.kind is not Kind.SELECT:
+            for statement in analysis.statements:
+                if statement.kind is Kind.DEALLOCATE and statement.statement_name:
+                    self._undefer(statement.statement_name, out)  # it must exist upstream
             return False
         if self._wait_for_catalog(context, [raw], out):
             return True
@@ -260,9 +277,15 @@ class SessionCache:
                 await catalogs.load(self.session.database)
         except TimeoutError:
             pass
+        finally:
+            self._release([(raw[0], raw) for raw in messages])
+
+    def _release(self, first: list[tuple[int, bytes]]) -> None:
+        """End a hold: `first`, then the client messages that waited, go on their way."""
         held, self.held = self.held or [], None
         self.session.resume_client("lookup")
-        self.session.client_messages([(raw[0], raw) for raw in messages] + held)
+        if first or held:
+            self.session.client_messages(first + held)
 
     def _hold(self, out: list[bytes]) -> None:
         """A lookup starts: what came before goes out, what comes after waits for it."""
@@ -335,7 +358,8 @@ class SessionCache:
         parse = codec.decode_parse(segment[0][1][5:]) if tags[0] == ord("P") else None
         bind = codec.decode_bind(segment[len(tags) - (3 if b"D" in tags else 2)][1][5:])
         execute = codec.decode_execute(segment[-1][1][5:])
-        if execute.portal != bind.portal or (execute.max_rows and not final):
+        max_rows = max(execute.max_rows, 0)  # Postgres: zero or negative means no limit
+        if execute.portal != bind.portal or (max_rows and not final):
             return None
         if b"D" in tags:
             describe = codec.decode_describe(segment[-2][1][5:])
@@ -350,15 +374,15 @@ class SessionCache:
             ):
                 return None  # Postgres would refuse the duplicate name
             return Unit(parse, segment[0][1], bind, b"D" in tags, parse.query, parse.param_oids,
-                        execute.max_rows, final)
+                        max_rows, final)
         known = tracker.statements.get(bind.statement)
         if known is not None and bind.statement not in self.deferred:
             return Unit(None, None, bind, b"D" in tags, known.sql, known.param_oids,
-                        execute.max_rows, final)
+                        max_rows, final)
         deferred = self.deferred.get(bind.statement)
         if deferred is not None:
             return Unit(None, None, bind, b"D" in tags, deferred[1], deferred[2],
-                        execute.max_rows, final)
+                        max_rows, final)
         return None
 
     def _start_unit(
@@ -402,34 +426,51 @@ class SessionCache:
         request: Pending | Unit,
     ) -> None:
         started = time.perf_counter()
-        result = await self.service.lookup(key, plan.gen_keys)
-        session = self.session
-        if session.client is None:
-            if isinstance(result, Lookup) and not result.hit:
-                self.service.abandon(key)
-            return
-        body = result if isinstance(result, bytes) else None
-        if isinstance(result, Lookup) and result.blob is not None:
-            body = entry.decode(result.blob)
-        if body is not None:
-            self._answer(request, body)
-            self.service.stats.hits += 1
-            self.service.latency.hit(time.perf_counter() - started)
-        else:
-            capture = None
-            if isinstance(result, Lookup):
-                self.service.stats.misses += 1
-                capture = Capture(
-                    key, plan, result.gens, session.database, analysis.query_name
-                    or analysis.fingerprint, started, self.service.config.cache.max_result_bytes,
-                )
+        done = False
+        try:
+            result = await self.service.lookup(key, plan.gen_keys)
+            session = self.session
+            if session.client is None:
+                if isinstance(result, Lookup) and not result.hit:
+                    self.service.abandon(key)
+                done = True
+                return
+            if isinstance(result, Lookup) and not self.service.catalog_current(
+                session.database, context.catalog, plan.gen_keys, result.gens
+            ):
+                # The schema changed (DDL through another instance) since this catalog was
+                # read: neither serve nor fill on its strength until it is reloaded.
+                if not result.hit:
+                    self.service.abandon(key)
+                self.service.stats.bypassed(Bypass.CATALOG_UNKNOWN)
+                self._relay_read(messages, request, None)
+                done = True
+                return
+            body = result if isinstance(result, bytes) else None
+            if isinstance(result, Lookup) and result.blob is not None:
+                body = entry.decode(result.blob)
+            if body is not None:
+                self._answer(request, body)
+                self.service.stats.hits += 1
+                self.service.latency.hit(time.perf_counter() - started)
             else:
-                self.service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
-            self._relay_read(messages, request, capture)
-        held, self.held = self.held or [], None
-        session.resume_client("lookup")
-        if held:
-            session.client_messages(held)
+                capture = None
+                if isinstance(result, Lookup):
+                    self.service.stats.misses += 1
+                    capture = Capture(
+                        key, plan, result.gens, session.database, analysis.query_name
+                        or analysis.fingerprint, started,
+                        self.service.config.cache.max_result_bytes,
+                    )
+                else:
+                    self.service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
+                self._relay_read(messages, request, capture)
+            done = True
+        finally:
+            if not done and self.session.client is not None:
+                self.service.abandon(key)
+                self._relay_read(messages, request, None)  # whatever failed: forward it
+            self._release([])
 
     def _answer(self, request: Pending | Unit, body: bytes) -> None:
         """Reply to a read from the cache, exactly as Postgres would have."""
@@ -491,6 +532,11 @@ class SessionCache:
 
     def ready(self) -> None:
         """ReadyForQuery: fill what was captured if the read ended cleanly outside a txn."""
+        tracker = self.session.tracker
+        if self.undeferring:  # those whose Parse failed or was skipped stay deferred
+            self.undeferring = {p.name for p in tracker.pending if p.hidden}
+        if tracker.status is TxnStatus.IDLE and self.client_portals:
+            self.client_portals.clear()  # portals end with their transaction
         if not self.captures:
             if not any(p.hidden for p in self.session.tracker.pending):
                 self.session.capture_all(False)
@@ -544,6 +590,20 @@ class SessionCache:
         for change in statement.session_changes:
             if change.action in ("discard_all", "discard_temp"):
                 self.disabled = None
+            elif change.action == "set" and change.value is None:
+                self.disabled = "a setting whose value the proxy cannot read"
+            if change.action in ("discard_all", "discard_plans"):
+                self.deferred.clear()
+                self.client_statements.clear()
+        if statement.kind is Kind.DEALLOCATE and statement.statement_name is None:
+            self.deferred.clear()  # DEALLOCATE ALL
+            self.client_statements.clear()
+        if statement.kind is Kind.DEALLOCATE and statement.statement_name is not None:
+            self.client_statements.pop(statement.statement_name, None)
+        if tag.startswith(_WRITE_TAGS) and not (
+            statement.tables_written or statement.writes_unknown
+        ):
+            self.writes.append(self._unknown_write())  # Postgres says it wrote: trust that
         context = self._context()
         plan = plan_write(
             statement, context.namespace, context.catalog, self.service.policy, params
@@ -551,6 +611,17 @@ class SessionCache:
         if plan is not None:
             self.writes.append(plan)
         return None
+
+    def parse_confirmed(self, name: str) -> None:
+        """The hidden ParseComplete of a deferred Parse: Postgres has the statement now."""
+        self.deferred.pop(name, None)
+        self.undeferring.discard(name)
+
+    def close(self) -> None:
+        """The session ends: release single-flight waiters of the misses it led."""
+        for capture in self.captures:
+            self.service.abandon(capture.key)
+        self.captures.clear()
 
     def _unknown_write(self) -> WritePlan:
         ns = self._context().namespace
@@ -582,6 +653,8 @@ class SessionCache:
             return Bypass.IN_TRANSACTION
         if not tracker.idle() or tracker.skipping or self.captures or self.executed:
             return Bypass.REQUEST_SHAPE
+        if session.invalidating:
+            return Bypass.REQUEST_SHAPE  # a commit's invalidation runs: replies wait behind it
         if self.disabled is not None or session.parameters.get("client_encoding", "UTF8") != "UTF8":
             return Bypass.SESSION_STATE
         return None
@@ -613,4 +686,6 @@ def _text_params(bind: codec.Bind) -> tuple[str | None, ...]:
         fmt = formats[0] if len(formats) == 1 else (formats[index] if formats else 0)
         out.append(value.decode("utf-8", "replace") if value is not None and fmt == 0 else None)
     return tuple(out)
+
+
 

@@ -110,7 +110,6 @@ class ClientSession(asyncio.Protocol):
         self.parameters: dict[str, str] = {}  # from ParameterStatus
         self.settings = Settings()  # every setting's current value (ParameterStatus + SQL)
         self._completed_in_query = 0  # CommandCompletes seen in the current simple Query
-        self._txn_outcome: bool | None = None  # COMMIT (True) / ROLLBACK (False) seen
         self._error_since_ready = False
         self.backend_key: tuple[int, bytes] | None = None
         self.draining = False  # shutting down: close at the next idle moment
@@ -123,6 +122,7 @@ class ClientSession(asyncio.Protocol):
         self._paused_upstream: set[str] = set()  # why upstream reading is paused
         self._paused_client: set[str] = set()
         self.cache: SessionCache | None = None
+        self.invalidating = False  # a commit waits for its invalidation (upstream paused)
         if server.cache is not None:
             from proxy.caching import SessionCache
 
@@ -160,6 +160,8 @@ class ClientSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client = None
+        if self.cache is not None:
+            self.cache.close()
         was = self.state
         self.state = State.CLOSED
         self._close_upstream(cancel=not self.tracker.idle() or was is State.RAW)
@@ -307,15 +309,17 @@ class ClientSession(asyncio.Protocol):
             )
 
     def client_messages(self, messages: list[tuple[int, bytes]]) -> None:
-        """Client messages held back by the cache path, now to be relayed."""
-        if self.cache is not None and self.state is State.READY:
-            try:
-                self.cache.client_messages(messages)
-            except ProxyError as exc:
-                self.fail(exc)
-            except Exception:
-                log.exception("conn=%d internal error", self.id)
-                self.fail(InternalError("internal error in pgreactive; see its log"))
+        """Client messages that were held back (behind a cache lookup, or until the client
+        was authenticated), now to be relayed; errors end the session as usual."""
+        if self.state is not State.READY:
+            return
+        try:
+            self._relay_messages(messages)
+        except ProxyError as exc:
+            self.fail(exc)
+        except Exception:
+            log.exception("conn=%d internal error", self.id)
+            self.fail(InternalError("internal error in pgreactive; see its log"))
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from Postgres: account for them, then forward them as they came."""
@@ -394,8 +398,10 @@ class ClientSession(asyncio.Protocol):
                 done = tracker.on_backend(tag, payload)
                 if tag == BackendTag.READY_FOR_QUERY:
                     barrier = self._ready()
-                elif done is not None and done.hidden and tag == BackendTag.PARSE_COMPLETE:
+                elif done is not None and done.hidden and tag == _PARSE_COMPLETE:
                     replacement = b""
+                    if cache is not None:
+                        cache.parse_confirmed(done.name)
                 if barrier is not None:
                     start = end - 5 - len(payload)
                     if per_message or start >= written:
@@ -408,6 +414,7 @@ class ClientSession(asyncio.Protocol):
                     else:
                         held, after = b"", written  # its start is out already
                     self.pause_upstream("barrier")
+                    self.invalidating = True
                     self.server.spawn(
                         self._after_barrier(barrier, held, data, messages, i + 1, after,
                                             per_message)
@@ -441,7 +448,7 @@ class ClientSession(asyncio.Protocol):
             # Messages sent before authentication ended go up after the start-up's
             # ReadyForQuery, so that ReadyForQuery is not taken for theirs.
             early, self._held_at_auth = self._held_at_auth, []
-            self._relay_messages(early)
+            self.client_messages(early)
         if self.draining and tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
 
@@ -487,6 +494,7 @@ class ClientSession(asyncio.Protocol):
             log.exception("conn=%d invalidation failed", self.id)
         if self.state is State.CLOSED or self.client is None:
             return
+        self.invalidating = False
         if held:
             self.write_client(held)
         self.resume_upstream("barrier")
@@ -520,18 +528,28 @@ class ClientSession(asyncio.Protocol):
     # --- session settings ----------------------------------------------------------
 
     def _command_complete(self, tag: bytes, head: Pending | None) -> Barrier | None:
-        """Track settings, transaction ends and (with the cache) writes at CommandComplete."""
+        """Track settings, transaction ends and (with the cache) writes at CommandComplete.
+
+        A transaction ends at its COMMIT / ROLLBACK / PREPARE TRANSACTION CommandComplete
+        (not at ReadyForQuery: `COMMIT AND CHAIN`, or statements after a COMMIT in the same
+        Query, begin another one before any ReadyForQuery).
+        """
         index = 0
         if head is not None and head.request is Request.QUERY:
             index = self._completed_in_query
             self._completed_in_query += 1
-        if tag in _END_TAGS and tag != b"ROLLBACK\x00":
-            self._txn_outcome = _END_TAGS[tag]
         statement: StatementAnalysis | None = None
         if head is not None and (self.cache is not None or tag.startswith(_SETTINGS_TAGS)):
             statement = self._statement(head, index)
-        if statement is not None:
-            self._track_settings(statement, tag)
+        ended = _END_TAGS.get(tag)
+        txn = statement.transaction if statement is not None else None
+        if ended is False and txn is not None and txn.command is TxnCommand.ROLLBACK_TO:
+            ended = None
+        if ended is not None:
+            self.settings.end_transaction(ended)
+            self._error_since_ready = False  # what follows starts a new transaction
+        elif statement is not None:
+            self._track_settings(statement)
         if self.cache is not None:
             return self.cache.completed(statement, head.params if head else (), tag)
         return None
@@ -549,7 +567,7 @@ class ClientSession(asyncio.Protocol):
         statements = analysis.statements
         return statements[index] if index < len(statements) else None
 
-    def _track_settings(self, statement: StatementAnalysis, tag: bytes) -> None:
+    def _track_settings(self, statement: StatementAnalysis) -> None:
         txn = statement.transaction
         if txn is not None and txn.savepoint is not None:
             match txn.command:
@@ -560,8 +578,6 @@ class ClientSession(asyncio.Protocol):
                     self._error_since_ready = False  # the transaction is usable again
                 case TxnCommand.RELEASE:
                     self.settings.release(txn.savepoint)
-        elif tag == b"ROLLBACK\x00":
-            self._txn_outcome = False
         else:
             # SET/RESET/DISCARD, and set_config() inside a SELECT: a setting that changed
             # must change the cache key, whatever statement changed it.
@@ -576,15 +592,12 @@ class ClientSession(asyncio.Protocol):
         return prepared.sql if prepared is not None else ""
 
     def _ready(self) -> Barrier | None:
-        """ReadyForQuery: settings and writes of a transaction that just ended."""
+        """ReadyForQuery: settings and writes of an implicit transaction that just ended."""
         self._completed_in_query = 0
         barrier = None
         if self.tracker.status is TxnStatus.IDLE:
-            committed = self._txn_outcome
-            if committed is None:
-                committed = not self._error_since_ready  # an implicit transaction
+            committed = not self._error_since_ready  # an error rolled the implicit one back
             self.settings.end_transaction(committed)
-            self._txn_outcome = None
             self._error_since_ready = False
             if self.cache is not None:
                 barrier = self.cache.transaction_ended(committed)

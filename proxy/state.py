@@ -29,6 +29,8 @@ DEFAULT = "\x00default"  # "whatever the server default is" (never a real settin
 
 # Start-up packet keys that are not settings.
 _NOT_SETTINGS = frozenset({"user", "database", "replication", "options"})
+_NO_RESET_ALL = ("role", "session_authorization", "transaction_isolation",
+                 "transaction_read_only", "transaction_deferrable")
 _OPTION = re.compile(r"(?:-c\s*|--)((?:\\.|[^\s\\])+)")
 
 
@@ -93,12 +95,23 @@ class Settings:
                 key = name.lower()
                 self._set(key, self.initial.get(key, DEFAULT), local)
             case "reset_all" | "discard_all":
+                # RESET ALL leaves role and session authorization alone (GUC_NO_RESET_ALL);
+                # DISCARD ALL resets them too (it runs SET SESSION AUTHORIZATION DEFAULT).
+                keep = () if action == "discard_all" else _NO_RESET_ALL
                 self.local.clear()
-                self.txn = {k: self.initial.get(k, DEFAULT) for k in self.effective()}
+                kept = {k: v for k, v in self.txn.items() if k in keep}
+                self.txn = {
+                    k: self.initial.get(k, DEFAULT)
+                    for k in {**self.committed, **self.txn}
+                    if k not in keep
+                }
+                self.txn.update(kept)
                 if action == "discard_all":
                     self.txn["role"] = DEFAULT
 
     def _set(self, name: str, value: str, local: bool) -> None:
+        if name == "session_authorization":
+            self._set("role", DEFAULT, local)  # Postgres resets the role with it
         if local:
             self.local[name] = value
         else:

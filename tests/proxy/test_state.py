@@ -123,3 +123,24 @@ def test_effective_merges_layers() -> None:
     s.apply("set", "a.b", "1", False)
     s.apply("set", "c.d", "2", True)
     assert s.effective() == {"session_authorization": "alice", "a.b": "1", "c.d": "2"}
+
+
+def test_reset_all_keeps_role_and_session_authorization() -> None:
+    """RESET ALL does not touch role or session_authorization (GUC_NO_RESET_ALL)."""
+    s = _session()
+    s.apply("set", "role", "reader", False)
+    s.apply("set", "search_path", "x", False)
+    s.apply("reset_all", None, None, False)
+    s.end_transaction(committed=True)
+    assert s.get("role") == "reader"
+    assert s.get("session_authorization") == "alice"
+    assert s.get("search_path") == DEFAULT
+
+
+def test_set_session_authorization_resets_the_role() -> None:
+    s = _session()
+    s.apply("set", "role", "reader", False)
+    s.apply("set", "session_authorization", "bob", False)
+    s.end_transaction(committed=True)
+    assert s.get("session_authorization") == "bob"
+    assert s.get("role") == DEFAULT
