@@ -15,12 +15,14 @@ they are unchanged.  Counters are named here:
     pgr:{DB}:epoch                      database: DDL, writes of unknown reach
     pgr:{DB}:ddl                        database: DDL only (tells instances to reload catalogs)
     pgr:{DB}:g:TABLE                    any write to TABLE              ("gen(T, any)")
-    pgr:{DB}:g:TABLE#-                  a write to TABLE not confined to one scope value
+    pgr:{DB}:g:TABLE#COLUMN:-           a write to TABLE not confined on scope column COLUMN
     pgr:{DB}:g:TABLE#COLUMN=VALUE       a write to TABLE confined to COLUMN = VALUE
 
 An unscoped read of T depends on `g:T`; a read pinned to `COLUMN = X` on T depends on
-`g:T#-` and `g:T#COLUMN=X`.  A write confined to X bumps `g:T` and `g:T#COLUMN=X`; any other
-write bumps `g:T` and `g:T#-`.  Tables are named by their bare (unqualified) name, so a
+`g:T#COLUMN:-` and `g:T#COLUMN=X` (for each column it pins).  A write bumps `g:T` and, for
+every scope column, `g:T#COLUMN=X` when it is confined to X on that column, else
+`g:T#COLUMN:-` — so a write confined on one scope column still reaches reads pinned on
+another.  Tables are named by their bare (unqualified) name, so a
 write to `s1.t` also invalidates reads of `s2.t`: over-invalidation is safe, the opposite
 never is.  `{DB}` is a Redis Cluster hash tag: all keys of one lookup share a slot (except
 the global epoch; see docs/operations.md).
@@ -118,9 +120,9 @@ class Namespace:
         """gen(T, any)."""
         return f"{self.prefix}g:{bare(table)}"
 
-    def unscoped(self, table: str) -> str:
-        """gen(T, unscoped)."""
-        return f"{self.prefix}g:{bare(table)}#-"
+    def unscoped(self, table: str, column: str) -> str:
+        """gen(T, not confined on COLUMN)."""
+        return f"{self.prefix}g:{bare(table)}#{column}:-"
 
     def scoped(self, table: str, column: str, value: str) -> str:
         """gen(T, COLUMN = VALUE)."""
@@ -132,10 +134,6 @@ class Namespace:
     def prepared(self, gid: str) -> str:
         """The pending invalidation set of a prepared (2PC) transaction."""
         return f"{self.prefix}2pc:{gid}"
-
-    def shapes(self, table: str) -> str:
-        """The set of query shapes (names or fingerprints) cached against a table."""
-        return f"{self.prefix}q:{bare(table)}"
 
 
 def bare(table: str) -> str:
@@ -161,22 +159,33 @@ def read_generations(
     first).  `pinned[table][column]` gives the scope values the read pins per table."""
     keys = {GLOBAL_EPOCH, ns.epoch, ns.ddl}
     for table in tables:
-        values = pinned.get(table) or pinned.get(bare(table))
+        values = pinned.get(bare(table))
         if values:
-            keys.add(ns.unscoped(table))
-            keys.update(ns.scoped(table, c, v) for c, v in values.items())
+            for column, value in values.items():
+                keys.add(ns.unscoped(table, column))
+                keys.add(ns.scoped(table, column, value))
         else:
             keys.add(ns.table(table))
     return sorted(keys)
 
 
 def write_generations(
-    ns: Namespace, table: str, confined_to: Mapping[str, str] | None
+    ns: Namespace,
+    table: str,
+    confined_to: Mapping[str, str] | None,
+    scope_columns: Sequence[str],
 ) -> list[str]:
-    """The counters a committed write to `table` bumps."""
-    if confined_to:
-        return [ns.table(table), *(ns.scoped(table, c, v) for c, v in confined_to.items())]
-    return [ns.table(table), ns.unscoped(table)]
+    """The counters a committed write to `table` bumps: `g:T`, and per scope column either
+    the value it is confined to or "not confined on that column"."""
+    confined = confined_to or {}
+    keys = [ns.table(table)]
+    for column in dict.fromkeys([*scope_columns, *confined]):
+        value = confined.get(column)
+        if value is None:
+            keys.append(ns.unscoped(table, column))
+        else:
+            keys.append(ns.scoped(table, column, value))
+    return keys
 
 
 def entry_digest(

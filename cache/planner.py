@@ -117,7 +117,7 @@ def plan_read(
         dependencies = catalog.read_dependencies(tables)
     if dependencies & policy.exclude:
         return Bypass.EXCLUDED_TABLE
-    pinned = _pinned(analysis, params, policy.scope_columns, dependencies)
+    pinned = _pinned(analysis, params, policy.scope_columns, dependencies, catalog)
     gen_keys = read_generations(ns, dependencies, pinned)
     return ReadPlan(tuple(gen_keys), _ttl(policy, dependencies) * 1000, dependencies)
 
@@ -127,13 +127,26 @@ def _pinned(
     params: Sequence[str | None],
     scope_columns: Sequence[str],
     dependencies: frozenset[str],
+    catalog: CatalogView | None,
 ) -> dict[str, dict[str, str]]:
-    """Scope values pinned per (bare) base table; a view's pins are not carried over."""
+    """Scope values pinned per (bare) base table.
+
+    A table is pinned only where every row the read can see of it is pinned: not when it
+    is read under a second spelling (`t` and `public.t`, or `s1.t` and `s2.t`: counters are
+    per bare name), nor when another relation read (a view) also reads it, nor for a view
+    itself (its base tables are read unscoped).
+    """
+    spellings: dict[str, int] = {}
+    for table in analysis.tables_read:
+        spellings[bare(table)] = spellings.get(bare(table), 0) + 1
     pinned: dict[str, dict[str, str]] = {}
     for table, columns in analysis.scope.pinned.items():
         name = bare(table)
-        if name not in dependencies:
-            continue  # a view: its base tables are read unscoped
+        if name not in dependencies or spellings.get(name, 0) != 1:
+            continue
+        others = [t for t in analysis.tables_read if t != table]
+        if catalog is not None and others and name in catalog.read_dependencies(others):
+            continue  # also read, unpinned, through a view
         values: dict[str, str] = {}
         for column, key_value in columns.items():
             if column in scope_columns:
@@ -175,7 +188,11 @@ def plan_write(
     confined = _confined(analysis, params, policy.scope_columns) if len(written) == 1 else {}
     bumps: set[str] = set()
     for table in targets | {bare(t) for t in written}:
-        bumps.update(write_generations(ns, table, confined if table == first else None))
+        bumps.update(
+            write_generations(
+                ns, table, confined if table == first else None, policy.scope_columns
+            )
+        )
     related = _related(ns, policy, written, analysis, params)
     bumps.update(related[0])
     scope = next(iter(confined.values()), None) if confined else None
@@ -231,7 +248,8 @@ def _related(
             other = bare(other)
             tables.add(other)
             value = _pinned_id(analysis, table, params) if column in policy.scope_columns else None
-            bumps.update(write_generations(ns, other, {column: value} if value else None))
+            confined = {column: value} if value else None
+            bumps.update(write_generations(ns, other, confined, policy.scope_columns))
     return bumps, frozenset(tables)
 
 
