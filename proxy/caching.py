@@ -599,7 +599,9 @@ class SessionCache:
             self.deferred.clear()  # DEALLOCATE ALL
             self.client_statements.clear()
         if statement.kind is Kind.DEALLOCATE and statement.statement_name is not None:
+            # Its tag is only "DEALLOCATE": forget the statement here, in every view.
             self.client_statements.pop(statement.statement_name, None)
+            self.deferred.pop(statement.statement_name, None)
         if tag.startswith(_WRITE_TAGS) and not (
             statement.tables_written or statement.writes_unknown
         ):

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
-from analyzer import Analysis, StatementAnalysis, TxnCommand, analyze
+from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import (
@@ -71,7 +71,10 @@ _DECODED = frozenset(
     )
 )
 # CommandComplete tags of statements that change session settings or end a transaction.
-_SETTINGS_TAGS = (b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK")
+# CommandComplete tags after which the statement is analysed even without the cache.
+_SETTINGS_TAGS = (
+    b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK", b"DEALLOCATE\x00"
+)
 _END_TAGS = {b"COMMIT\x00": True, b"PREPARE TRANSACTION\x00": True, b"ROLLBACK\x00": False}
 _DECODE_ALL = frozenset(range(256))
 # Hot-path constants (an enum member lookup costs ~90 ns on Python 3.11, a global ~8 ns).
@@ -538,6 +541,8 @@ class ClientSession(asyncio.Protocol):
         if head is not None and head.request is Request.QUERY:
             index = self._completed_in_query
             self._completed_in_query += 1
+        if self.cache is None and not tag.startswith(_SETTINGS_TAGS) and tag not in _END_TAGS:
+            return None  # relay only, and nothing that changes settings: the usual case
         statement: StatementAnalysis | None = None
         if head is not None and (self.cache is not None or tag.startswith(_SETTINGS_TAGS)):
             statement = self._statement(head, index)
@@ -550,6 +555,9 @@ class ClientSession(asyncio.Protocol):
             self._error_since_ready = False  # what follows starts a new transaction
         elif statement is not None:
             self._track_settings(statement)
+            if statement.kind is Kind.DEALLOCATE and statement.statement_name is not None:
+                # The tag of DEALLOCATE name is just "DEALLOCATE": the tracker cannot see it.
+                self.tracker.statements.pop(statement.statement_name, None)
         if self.cache is not None:
             return self.cache.completed(statement, head.params if head else (), tag)
         return None

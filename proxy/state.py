@@ -148,6 +148,8 @@ class Settings:
 
     def end_transaction(self, committed: bool) -> None:
         """The transaction ended: keep its SETs if it committed; SET LOCAL ends either way."""
+        if not (self.txn or self.local or self.savepoints):
+            return  # nothing was set: the usual case, on every ReadyForQuery
         self.version += 1
         if committed:
             self.committed.update(self.txn)
