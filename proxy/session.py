@@ -70,8 +70,8 @@ _DECODED = frozenset(
         BackendTag.ROW_DESCRIPTION,
     )
 )
-# CommandComplete tags of statements that change session settings or end a transaction.
-# CommandComplete tags after which the statement is analysed even without the cache.
+# CommandComplete tags after which the statement is analysed even without the cache (they
+# change settings, savepoints or prepared statements); _END_TAGS end a transaction.
 _SETTINGS_TAGS = (
     b"SET\x00", b"RESET\x00", b"DISCARD", b"SAVEPOINT", b"RELEASE", b"ROLLBACK", b"DEALLOCATE\x00"
 )
