@@ -3,12 +3,14 @@
 Theory of operation (the data model is in `cache.backend`; the scripts in `cache.lua`):
 
 * Every operation is one round trip: lookup, fill and bump are single Lua scripts (EVALSHA,
-  reloaded on NOSCRIPT by redis-py's `AsyncScript`), publish is one script that XADDs and
-  PUBLISHes the identical payload, the rest are single commands.
-* **Timeouts.** Socket reads/writes and connects time out after ``op_timeout`` /
-  ``connect_timeout`` (250 ms by default); redis-py's own retries are switched off; and each
-  operation as a whole is bounded by ``connect_timeout + op_timeout`` with `asyncio.timeout`
-  (a cancelled command makes redis-py drop that connection, never reuse it half-read).
+  reloaded on NOSCRIPT), publish is one script that XADDs and PUBLISHes the identical
+  payload, the rest are single commands.  Lookups (the hot path) and bumps go through
+  `cache.resp.RespClient` connections (pipelined, one each); the rest through redis-py.
+* **Timeouts.** Lookups, fills and the rest time out after ``op_timeout`` /
+  ``connect_timeout`` (250 ms by default; redis-py's own retries are off).  A bump — the
+  writer waits for it — is patient: up to `BUMP_ATTEMPT_TIMEOUT` per attempt, retried for
+  `BUMP_DEADLINE` seconds while Redis is believed up, and tried once even while the breaker
+  is open.
 * **Fail open.** No operation raises for a Redis failure.  A connection error or timeout on
   any operation, and *any* error on a bump, marks the backend unavailable and opens the
   circuit breaker: for ``breaker_seconds`` no Redis call is made (lookup → None, fill/bump →
@@ -19,15 +21,15 @@ Theory of operation (the data model is in `cache.backend`; the scripts in `cache
   invalidated would come back with Redis.  Hence the probe is a bump of the global
   ``epoch_key`` (which every lookup includes), and `available` becomes True only when that
   bump succeeds *and* no other operation failed while it was in flight.  Otherwise the
-  breaker reopens.  `start` heals the same way.
+  breaker reopens.  `start` does not bump: a process that starts has lost no invalidation.
 * **Eviction (PITFALLS F2).** Entries carry a TTL, counters none: run Redis with a
   ``volatile-*`` policy (or ``noeviction``) so counters are never evicted.  `start` reads
   ``CONFIG GET maxmemory-policy`` (tolerating a disabled CONFIG) and warns on ``allkeys-*``.
   Even then, an evicted counter is reborn at TIME-µs, a value it never had, so old entries
   stay unreachable: the cost is lost cache, not staleness.
-* **Known limit.** A bump that fails on this instance cannot stop *other* instances that
-  still reach Redis from serving the entries it should have invalidated, until this
-  instance heals (bumping the epoch) or the entries' TTLs run out.
+* **Known limit.** A bump that fails on this instance (after its retries) cannot stop
+  *other* instances that still reach Redis from serving the entries it should have
+  invalidated, until this instance heals (bumping the epoch) or the entries' TTLs run out.
 """
 
 from __future__ import annotations

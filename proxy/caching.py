@@ -6,9 +6,12 @@ Reads.  A read may be answered from the cache only when the session is idle outs
 transaction, so nothing else is in flight and every byte of the answer is ours:
 * a simple Query holding one cacheable SELECT;
 * an extended-protocol segment that is exactly one unit ``[Parse] Bind [Describe portal]
-  Execute(max_rows=0) Sync`` of a cacheable SELECT.  Extended messages are collected until
-  Sync; anything else (Flush, another unit, a Describe of a statement, ...) sends what was
-  collected upstream unchanged and the segment is relayed as usual.
+  Execute`` of a cacheable SELECT followed by Sync, or by Flush (pipeline mode: the segment
+  goes on, and its Sync is answered here if nothing else went upstream).  An Execute with a
+  row limit is answered as Postgres would (PortalSuspended after N rows; on a miss the
+  upstream is asked for N+1 rows, so a whole result can still be filled).  Extended
+  messages are collected until the Sync/Flush; anything else (another unit, a Describe of a
+  statement, Close, ...) sends what was collected upstream unchanged.
 While the lookup runs, later client messages are held, so requests stay in order.  A hit is
 answered with exactly the messages Postgres would have sent (ParseComplete and BindComplete
 only for a Parse and Bind that were sent, RowDescription only when it was described) and a
