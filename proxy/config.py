@@ -75,7 +75,7 @@ class CatalogConfig:
 
     user: str = ""
     password: str = ""
-    max_age: float = 0.0  # seconds; 0: reload only after DDL seen by the proxy
+    max_age: float = 300.0  # seconds between reloads (0: only after DDL through a proxy)
 
 
 @dataclass(frozen=True, slots=True)
