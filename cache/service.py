@@ -326,8 +326,11 @@ class CacheService:
                     "database": database,
                 }
             )
-            if await self.backend.publish(events.channel, payload, events.stream_maxlen):
+            event_id = await self.backend.publish(events.channel, payload, events.stream_maxlen)
+            if event_id:
                 self.stats.events_published += 1
+                if self.config.redis_url is None:  # in-process only: make events visible
+                    log.info("event %s on %s: table %s", event_id, events.channel, table)
 
     async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:
         """PREPARE TRANSACTION: keep its invalidations for COMMIT PREPARED, from anywhere."""
