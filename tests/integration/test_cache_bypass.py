@@ -13,63 +13,25 @@ connection knows `provolatile`): that one is proven to be served from the cache.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
-import psycopg
 import pytest
-import redis
 
-from cache.keys import GLOBAL_EPOCH, Namespace
-from tests.conftest import (
-    CACHE_REDIS_DB,
-    PG_HOST,
-    PG_PORT,
-    ProxyProcess,
-    dsn,
-    scrape,
-    start_caching_proxy,
+from tests.conftest import ProxyProcess, scrape
+from tests.integration.cache_env import (
+    Conn,
+    Env,
+    Result,
+    cached,
+    fetch,
+    foreign_bump_retry,
+    module_env,
+    read,
 )
 
-Result = tuple[object, ...]
-Conn = psycopg.Connection[tuple[object, ...]]
-
-# --- helpers (the same small kit in each test_cache_*.py) ---------------------------------
-
-_DECISION = re.compile(r'pgreactive_cache_queries_total\{outcome="(\w+)",reason="([^"]*)"\}')
-
-
-def _decisions(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    """The cache decisions counted between two scrapes: 'hit', 'miss', 'bypass:<reason>'."""
-    out: list[str] = []
-    for key, value in after.items():
-        match = _DECISION.fullmatch(key)
-        if match:
-            label = match[1] if match[1] != "bypass" else f"bypass:{match[2]}"
-            out += [label] * round(value - before.get(key, 0.0))
-    return sorted(out)
-
-
-def _connect(conninfo: str) -> Conn:
-    # prepare_threshold=None: parameterised queries always use the unnamed statement.
-    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
-
-
-def fetch(conn: Conn, sql: str, params: tuple[object, ...] | None = None) -> Result:
-    """The raw answer: columns, every value as the bytes of the DataRow, the command tag; or
-    ("error", SQLSTATE)."""
-    try:
-        cur = conn.execute(sql, params, binary=False)
-    except psycopg.Error as exc:
-        return ("error", exc.sqlstate)
-    res = cur.pgresult
-    assert res is not None
-    columns = tuple((res.fname(i), res.ftype(i)) for i in range(res.nfields))
-    rows = tuple(tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples))
-    return ("ok", columns, rows, res.command_status)
+# --- helpers (the shared kit is in cache_env.py) -------------------------------------------
 
 
 def value(result: Result) -> bytes | None:
@@ -82,87 +44,13 @@ def value(result: Result) -> bytes | None:
     return cell
 
 
-def read(
-    proxy: ProxyProcess, conn: Conn, sql: str, params: tuple[object, ...] | None = None
-) -> tuple[Result, list[str]]:
-    """`fetch` through the proxy, with the cache decisions it made for it."""
-    before = scrape(proxy)
-    result = fetch(conn, sql, params)
-    return result, _decisions(before, scrape(proxy))
-
-
-def cached(
-    proxy: ProxyProcess,
-    conn: Conn,
-    sql: str,
-    params: tuple[object, ...] | None = None,
-    tries: int = 60,
-) -> Result:
-    """Read until the proxy answers from its cache (fills are stored in the background, and a
-    catalog reload makes a read bypass once); the answer of that hit."""
-    seen: list[str] = []
-    for _ in range(tries):
-        result, decided = read(proxy, conn, sql, params)
-        seen += decided
-        if decided == ["hit"]:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"never served from the cache: {sql!r} {params!r}: {seen}")
-
-
 def settle(proxy: ProxyProcess, conn: Conn) -> None:
     """Wait until the proxy has this database's catalog (after a whole-database invalidation
     it reloads it; reads meanwhile bypass as catalog_unknown/unknown_function)."""
     cached(proxy, conn, "select 'catalog loaded?' as probe")
 
 
-def _global_epoch() -> bytes | None:
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        return client.get(GLOBAL_EPOCH)  # type: ignore[return-value]
-
-
-def foreign_bump_retry(scenario: Callable[[], None], tries: int = 3) -> None:
-    """Run `scenario`; if an assertion failed while the global epoch moved (another caching
-    proxy started on this Redis, which makes every entry unreachable), run it again."""
-    for attempt in range(tries):
-        epoch = _global_epoch()
-        try:
-            scenario()
-            return
-        except AssertionError:
-            if attempt == tries - 1 or _global_epoch() == epoch:
-                raise
-
-
-def _admin(sql: str, dbname: str = "test") -> None:
-    with psycopg.connect(dsn(PG_HOST, PG_PORT, dbname=dbname), autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def _forget(db: str) -> None:
-    """Delete the database's generation counters and entries from the proxy's Redis db (a
-    unique database per run would otherwise leave its counters, which have no TTL)."""
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-
-
 # --- the module's database and proxy --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Env:
-    proxy: ProxyProcess
-    db: str
-
-    def direct(self, **extra: str) -> Conn:
-        return _connect(dsn(PG_HOST, PG_PORT, dbname=self.db, **extra))
-
-    def proxied(self) -> Conn:
-        return _connect(self.proxy.dsn(dbname=self.db))
-
 
 SCHEMA = """
 create table t_lock (id int primary key, x int not null);
@@ -181,18 +69,7 @@ create function coin() returns float8 language sql volatile as 'select random()'
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    db = f"pgr_bypass_{uuid.uuid4().hex[:10]}"
-    proxy: ProxyProcess | None = None
-    _admin(f"create database {db}")
-    try:
-        _admin(SCHEMA, db)
-        proxy = start_caching_proxy()
-        yield Env(proxy, db)
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        _admin(f"drop database if exists {db} with (force)")
-        _forget(db)
+    yield from module_env("pgr_bypass", SCHEMA)
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ import pytest
 import redis
 from pglast import parser
 
-from cache.keys import Namespace
 from tests.conftest import (
     CACHE_REDIS_DB,
     PG_HOST,
@@ -43,6 +42,7 @@ from tests.conftest import (
     scrape,
     start_caching_proxy,
 )
+from tests.integration.cache_env import admin, decisions, forget
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Event = dict[str, Any]
@@ -57,19 +57,6 @@ _WAIT = 15.0  # seconds; a hang guard only
 
 # --- helpers ---------------------------------------------------------------------------------
 
-_DECISION = re.compile(r'pgreactive_cache_queries_total\{outcome="(\w+)",reason="([^"]*)"\}')
-
-
-def _decisions(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    """The cache decisions counted between two scrapes: 'hit', 'miss', 'bypass:<reason>'."""
-    out: list[str] = []
-    for key, value in after.items():
-        match = _DECISION.fullmatch(key)
-        if match:
-            label = match[1] if match[1] != "bypass" else f"bypass:{match[2]}"
-            out += [label] * round(value - before.get(key, 0.0))
-    return sorted(out)
-
 
 def cached(proxy: ProxyProcess, conn: Conn, sql: str, tries: int = 60) -> None:
     """Read until the proxy answers from its cache (so its fill, and with it the query's
@@ -78,27 +65,12 @@ def cached(proxy: ProxyProcess, conn: Conn, sql: str, tries: int = 60) -> None:
     for _ in range(tries):
         before = scrape(proxy)
         conn.execute(sql).fetchall()
-        decided = _decisions(before, scrape(proxy))
+        decided = decisions(before, scrape(proxy))
         seen += decided
         if decided == ["hit"]:
             return
         time.sleep(0.05)
     raise AssertionError(f"never served from the cache: {sql!r}: {seen}")
-
-
-def _admin(sql: str, dbname: str = "test") -> None:
-    with psycopg.connect(dsn(PG_HOST, PG_PORT, dbname=dbname), autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def _forget(db: str) -> None:
-    """Delete the database's generation counters and entries from the proxy's Redis db (a
-    unique database per run would otherwise leave its counters, which have no TTL)."""
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
 
 
 class CliSubscriber:
@@ -241,9 +213,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert pubsub.get_message(timeout=_WAIT) is None  # the subscribe confirmation, ignored
     cli: CliSubscriber | None = None
     proxy: ProxyProcess | None = None
-    _admin(f"create database {db}")
+    admin(f"create database {db}")
     try:
-        _admin(SCHEMA, db)
+        admin(SCHEMA, db)
         cli = CliSubscriber(channel)
         proxy = start_caching_proxy("--config", str(config))
         yield Env(proxy, db, channel, client, pubsub, cli)
@@ -255,8 +227,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         pubsub.close()
         client.delete(channel)
         client.close()
-        _admin(f"drop database if exists {db} with (force)")
-        _forget(db)
+        admin(f"drop database if exists {db} with (force)")
+        forget(db)
 
 
 @pytest.fixture

@@ -17,118 +17,24 @@ another test writes through another proxy can bump this module's generations.
 
 from __future__ import annotations
 
-import re
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import psycopg
 import pytest
-import redis
 
-from cache.keys import Namespace
-from tests.conftest import (
-    CACHE_REDIS_DB,
-    PG_HOST,
-    PG_PORT,
-    PG_USER,
-    ProxyProcess,
-    dsn,
-    scrape,
-    start_caching_proxy,
-)
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, ProxyProcess, dsn, start_caching_proxy
+from tests.integration import cache_env
+from tests.integration.cache_env import Result, admin, connect, forget
 
-Result = tuple[object, ...]
+# --- helpers (the shared kit is in cache_env.py) -------------------------------------------
 
-# --- helpers (the same small kit in each test_cache_*.py) ---------------------------------
-
-_DECISION = re.compile(r'pgreactive_cache_queries_total\{outcome="(\w+)",reason="([^"]*)"\}')
-
-
-def _decisions(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    """The cache decisions counted between two scrapes: 'hit', 'miss', 'bypass:<reason>'."""
-    out: list[str] = []
-    for key, value in after.items():
-        match = _DECISION.fullmatch(key)
-        if match:
-            label = match[1] if match[1] != "bypass" else f"bypass:{match[2]}"
-            out += [label] * round(value - before.get(key, 0.0))
-    return sorted(out)
-
-
-def _connect(conninfo: str) -> psycopg.Connection[tuple[object, ...]]:
-    # prepare_threshold=None: parameterised queries always use the unnamed statement.
-    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
-
-
-def fetch(
-    conn: psycopg.Connection[tuple[object, ...]],
-    sql: str,
-    params: tuple[object, ...] | None = None,
-    prepare: bool | None = None,
-) -> Result:
-    """The raw answer: columns (name, type OID, typmod, format), every value as the bytes of
-    the DataRow, the command tag; or ("error", SQLSTATE)."""
-    try:
-        cur = conn.execute(sql, params, prepare=prepare, binary=False)
-    except psycopg.Error as exc:
-        return ("error", exc.sqlstate)
-    res = cur.pgresult
-    assert res is not None
-    columns = tuple(
-        (res.fname(i), res.ftype(i), res.fmod(i), res.fformat(i)) for i in range(res.nfields)
-    )
-    rows = tuple(tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples))
-    return ("ok", columns, rows, res.command_status)
-
-
-def read(
-    proxy: ProxyProcess,
-    conn: psycopg.Connection[tuple[object, ...]],
-    sql: str,
-    params: tuple[object, ...] | None = None,
-    prepare: bool | None = None,
-) -> tuple[Result, list[str]]:
-    """`fetch` through the proxy, with the cache decisions it made for it."""
-    before = scrape(proxy)
-    result = fetch(conn, sql, params, prepare)
-    return result, _decisions(before, scrape(proxy))
-
-
-def cached(
-    proxy: ProxyProcess,
-    conn: psycopg.Connection[tuple[object, ...]],
-    sql: str,
-    params: tuple[object, ...] | None = None,
-    prepare: bool | None = None,
-    tries: int = 60,
-) -> Result:
-    """Read until the proxy answers from its cache (fills are stored in the background, and a
-    catalog reload makes a read bypass once); the answer of that hit."""
-    seen: list[str] = []
-    for _ in range(tries):
-        result, decided = read(proxy, conn, sql, params, prepare)
-        seen += decided
-        if decided == ["hit"]:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"never served from the cache: {sql!r} {params!r}: {seen}")
-
-
-def _admin(sql: str, dbname: str = "test") -> None:
-    with psycopg.connect(dsn(PG_HOST, PG_PORT, dbname=dbname), autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def _forget(db: str) -> None:
-    """Delete the database's generation counters and entries from the proxy's Redis db (a
-    unique database per run would otherwise leave its counters, which have no TTL)."""
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
+# This module compares each column's typmod and format code too, not only name and type OID.
+fetch = partial(cache_env.fetch, typmod_and_format=True)
+read = partial(cache_env.read, typmod_and_format=True)
+cached = partial(cache_env.cached, typmod_and_format=True)
 
 
 # --- the module's databases, roles and proxy -----------------------------------------------
@@ -195,22 +101,22 @@ def env() -> Iterator[Env]:
     proxy: ProxyProcess | None = None
     try:
         for role in roles:
-            _admin(f"create role {role} login")  # nosuperuser, nobypassrls by default
-        _admin(f"create database {names['main']}")
-        _admin(f"create database {names['other']}")
-        _admin(MAIN_SCHEMA.format(**names), names["main"])
-        _admin(OTHER_SCHEMA, names["other"])
+            admin(f"create role {role} login")  # nosuperuser, nobypassrls by default
+        admin(f"create database {names['main']}")
+        admin(f"create database {names['other']}")
+        admin(MAIN_SCHEMA.format(**names), names["main"])
+        admin(OTHER_SCHEMA, names["other"])
         proxy = start_caching_proxy()
         yield Env(proxy, names)
     finally:
         if proxy is not None:
             proxy.stop()
-        _admin(f"drop database if exists {names['main']} with (force)")
-        _admin(f"drop database if exists {names['other']} with (force)")
-        _forget(names["main"])
-        _forget(names["other"])
+        admin(f"drop database if exists {names['main']} with (force)")
+        admin(f"drop database if exists {names['other']} with (force)")
+        forget(names["main"])
+        forget(names["other"])
         for role in roles:
-            _admin(f"drop role if exists {role}")
+            admin(f"drop role if exists {role}")
 
 
 # --- the cases -------------------------------------------------------------------------------
@@ -369,7 +275,7 @@ def test_context_b_never_gets_context_a_bytes(
     # What Postgres gives each context directly: the reference.
     direct: dict[str, Result] = {}
     for label, ctx in (("a", case.a), ("b", case.b)):
-        with _connect(ctx.conninfo(PG_HOST, PG_PORT, names)) as conn:
+        with connect(ctx.conninfo(PG_HOST, PG_PORT, names)) as conn:
             ctx.apply(conn, names)
             direct[label] = fetch(conn, sql, params)
     assert direct["a"][0] == "ok", f"context A must be able to read: {direct['a']}"
@@ -377,8 +283,8 @@ def test_context_b_never_gets_context_a_bytes(
 
     proxy = env.proxy
     host, port = proxy.host, proxy.port
-    conn_a = _connect(case.a.conninfo(host, port, names))
-    conn_b = conn_a if mode == "one_connection" else _connect(case.b.conninfo(host, port, names))
+    conn_a = connect(case.a.conninfo(host, port, names))
+    conn_b = conn_a if mode == "one_connection" else connect(case.b.conninfo(host, port, names))
     try:
         case.a.apply(conn_a, names)
         if case.cacheable:
@@ -406,7 +312,7 @@ def test_refused_role_gets_42501_even_right_after_a_superuser_hit(env: Env) -> N
     column-restricted role asks for the same text on the same connection and gets 42501."""
     proxy, names = env.proxy, env.names
     sql = "select id, pub, secret from rt order by id"
-    with _connect(proxy.dsn(dbname=names["main"])) as conn:
+    with connect(proxy.dsn(dbname=names["main"])) as conn:
         rows = cached(proxy, conn, sql)
         assert rows[0] == "ok" and rows[2] == ((b"1", b"public", b"secret"),)
         conn.execute(f"set role {names['r_limited']}")
@@ -431,8 +337,8 @@ def test_rls_tenant_switches_on_one_connection_and_across_connections(env: Env) 
         "b": ((b"2", b"b", b"beta"),),
     }
     with (
-        _connect(proxy.dsn(dbname=names["main"], user=tenant)) as one,
-        _connect(proxy.dsn(dbname=names["main"], user=tenant)) as two,
+        connect(proxy.dsn(dbname=names["main"], user=tenant)) as one,
+        connect(proxy.dsn(dbname=names["main"], user=tenant)) as two,
     ):
         one.execute("set app.tenant = 'a'")
         two.execute("set app.tenant = 'b'")
@@ -467,8 +373,8 @@ def test_named_statement_follows_search_path_like_postgres(env: Env) -> None:
         third = fetch(conn, sql, (0,), prepare=True)
         return [first, second, third]
 
-    with _connect(dsn(PG_HOST, PG_PORT, dbname=names["main"])) as conn:
+    with connect(dsn(PG_HOST, PG_PORT, dbname=names["main"])) as conn:
         expected = sequence(conn, warm=False)
     assert expected[0] != expected[1]
-    with _connect(proxy.dsn(dbname=names["main"])) as conn:
+    with connect(proxy.dsn(dbname=names["main"])) as conn:
         assert sequence(conn, warm=True) == expected

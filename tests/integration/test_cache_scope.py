@@ -18,123 +18,23 @@ started on the same Redis, which empties every cache) is run again.
 
 from __future__ import annotations
 
-import re
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-import redis
 
-from cache.keys import GLOBAL_EPOCH, Namespace
-from tests.conftest import (
-    CACHE_REDIS_DB,
-    PG_HOST,
-    PG_PORT,
-    ProxyProcess,
-    dsn,
-    scrape,
-    start_caching_proxy,
+from tests.integration.cache_env import (
+    Conn,
+    Env,
+    Params,
+    Result,
+    cached,
+    fetch,
+    foreign_bump_retry,
+    module_env,
+    read,
 )
-
-Result = tuple[object, ...]
-Conn = psycopg.Connection[tuple[object, ...]]
-Params = tuple[object, ...] | None
-
-# --- helpers (the same small kit in each test_cache_*.py) ---------------------------------
-
-_DECISION = re.compile(r'pgreactive_cache_queries_total\{outcome="(\w+)",reason="([^"]*)"\}')
-
-
-def _decisions(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    """The cache decisions counted between two scrapes: 'hit', 'miss', 'bypass:<reason>'."""
-    out: list[str] = []
-    for key, value in after.items():
-        match = _DECISION.fullmatch(key)
-        if match:
-            label = match[1] if match[1] != "bypass" else f"bypass:{match[2]}"
-            out += [label] * round(value - before.get(key, 0.0))
-    return sorted(out)
-
-
-def _connect(conninfo: str) -> Conn:
-    # prepare_threshold=None: parameterised queries always use the unnamed statement.
-    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
-
-
-def fetch(conn: Conn, sql: str, params: Params = None) -> Result:
-    """The raw answer: columns, every value as the bytes of the DataRow, the command tag; or
-    ("error", SQLSTATE)."""
-    try:
-        cur = conn.execute(sql, params, binary=False)
-    except psycopg.Error as exc:
-        return ("error", exc.sqlstate)
-    res = cur.pgresult
-    assert res is not None
-    columns = tuple((res.fname(i), res.ftype(i)) for i in range(res.nfields))
-    rows = tuple(tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples))
-    return ("ok", columns, rows, res.command_status)
-
-
-def read(
-    proxy: ProxyProcess, conn: Conn, sql: str, params: Params = None
-) -> tuple[Result, list[str]]:
-    """`fetch` through the proxy, with the cache decisions it made for it."""
-    before = scrape(proxy)
-    result = fetch(conn, sql, params)
-    return result, _decisions(before, scrape(proxy))
-
-
-def cached(
-    proxy: ProxyProcess, conn: Conn, sql: str, params: Params = None, tries: int = 60
-) -> Result:
-    """Read until the proxy answers from its cache (fills are stored in the background, and a
-    catalog reload makes a read bypass once); the answer of that hit."""
-    seen: list[str] = []
-    for _ in range(tries):
-        result, decided = read(proxy, conn, sql, params)
-        seen += decided
-        if decided == ["hit"]:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"never served from the cache: {sql!r} {params!r}: {seen}")
-
-
-def _global_epoch() -> bytes | None:
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        return client.get(GLOBAL_EPOCH)  # type: ignore[return-value]
-
-
-def foreign_bump_retry(scenario: Callable[[], None], tries: int = 3) -> None:
-    """Run `scenario`; if an assertion failed while the global epoch moved (another caching
-    proxy started on this Redis, which makes every entry unreachable), run it again."""
-    for attempt in range(tries):
-        epoch = _global_epoch()
-        try:
-            scenario()
-            return
-        except AssertionError:
-            if attempt == tries - 1 or _global_epoch() == epoch:
-                raise
-
-
-def _admin(sql: str, dbname: str = "test") -> None:
-    with psycopg.connect(dsn(PG_HOST, PG_PORT, dbname=dbname), autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def _forget(db: str) -> None:
-    """Delete the database's generation counters and entries from the proxy's Redis db (a
-    unique database per run would otherwise leave its counters, which have no TTL)."""
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
-    with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-
 
 # --- the module's database and proxy --------------------------------------------------------
 
@@ -153,34 +53,11 @@ relations:
 """
 
 
-@dataclass(frozen=True)
-class Env:
-    proxy: ProxyProcess
-    db: str
-
-    def direct(self) -> Conn:
-        return _connect(dsn(PG_HOST, PG_PORT, dbname=self.db))
-
-    def proxied(self) -> Conn:
-        return _connect(self.proxy.dsn(dbname=self.db))
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    db = f"pgr_scope_{uuid.uuid4().hex[:10]}"
     config = Path(tmp_path_factory.mktemp("scope")) / "pgreactive.yaml"
     config.write_text(CONFIG)
-    proxy: ProxyProcess | None = None
-    _admin(f"create database {db}")
-    try:
-        _admin(SCHEMA, db)
-        proxy = start_caching_proxy("--config", str(config))
-        yield Env(proxy, db)
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        _admin(f"drop database if exists {db} with (force)")
-        _forget(db)
+    yield from module_env("pgr_scope", SCHEMA, "--config", str(config))
 
 
 @pytest.fixture

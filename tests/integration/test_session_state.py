@@ -39,7 +39,9 @@ async def _connect(server: Server, **extra: str) -> psycopg.AsyncConnection[tupl
     )
 
 
-async def _agrees(conn: psycopg.AsyncConnection[tuple[object, ...]], server: Server, name: str) -> str | None:
+async def _agrees(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], server: Server, name: str
+) -> str | None:
     cur = await conn.execute("select current_setting(%s, true)", (name,))
     row = await cur.fetchone()
     assert row is not None
