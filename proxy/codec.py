@@ -322,8 +322,13 @@ def decode_bind(payload: bytes) -> Bind:
 
 def decode_bind_names(payload: bytes) -> tuple[str, str]:
     """Bind (F): only the portal and statement names (the relay needs no more)."""
-    r = _Reader(payload)
-    return r.cstring(), r.cstring()
+    first = payload.find(b"\x00")
+    second = payload.find(b"\x00", first + 1) if first >= 0 else -1
+    if second < 0:
+        raise ProtocolViolation("unterminated string in message")
+    portal = payload[:first].decode("utf-8", "surrogateescape") if first else ""
+    statement = payload[first + 1 : second].decode("utf-8", "surrogateescape")
+    return portal, statement
 
 
 def decode_describe(payload: bytes) -> Describe:

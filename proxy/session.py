@@ -564,6 +564,8 @@ class ClientSession(asyncio.Protocol):
 
     def _statement(self, head: Pending, index: int) -> StatementAnalysis | None:
         """What the statement that just completed was (None if unknown)."""
+        if head.request is not Request.QUERY and head.request is not Request.EXECUTE:
+            return None
         analysis = head.analysis
         if not isinstance(analysis, Analysis):
             sql = head.sql if head.request is Request.QUERY else (head.sql or self._sql_of(head))
