@@ -86,6 +86,8 @@ _ERROR_RESPONSE = int(BackendTag.ERROR_RESPONSE)
 _READY_FOR_QUERY = int(BackendTag.READY_FOR_QUERY)
 _PARSE_COMPLETE = int(BackendTag.PARSE_COMPLETE)
 _PORTAL_SUSPENDED = int(BackendTag.PORTAL_SUSPENDED)
+_EXECUTE = int(FrontendTag.EXECUTE)
+_UNNAMED_EXECUTE = Pending(Request.EXECUTE)  # shared by relay-only sessions: never changed
 
 
 class State(Enum):
@@ -296,6 +298,9 @@ class ClientSession(asyncio.Protocol):
             return
         push = self.tracker.push
         for index, (tag, raw) in enumerate(messages):
+            if tag == _EXECUTE and len(raw) == 10 and raw[5] == 0:
+                push(_UNNAMED_EXECUTE)  # the common case; nothing changes relay entries
+                continue
             if tag == _TERMINATE:
                 if index:
                     self.send_upstream(b"".join(raw for _, raw in messages[:index]))
@@ -571,9 +576,11 @@ class ClientSession(asyncio.Protocol):
             sql = head.sql if head.request is Request.QUERY else (head.sql or self._sql_of(head))
             if not sql:
                 return None
-            options = self.cache.options() if self.cache is not None else None
-            analysis = analyze(sql, options=options) if options else analyze(sql)
-            head.analysis = analysis
+            if self.cache is None:
+                analysis = analyze(sql)  # (relay entries may be shared: no memo on them)
+            else:
+                analysis = analyze(sql, options=self.cache.options())
+                head.analysis = analysis
         statements = analysis.statements
         return statements[index] if index < len(statements) else None
 
