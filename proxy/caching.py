@@ -652,8 +652,9 @@ class SessionCache:
         """None if a read may use the cache now, else the bypass reason."""
         session = self.session
         tracker = session.tracker
-        if not self.service.available:
-            return Bypass.CACHE_UNAVAILABLE
+        # An unavailable backend is not a reason here: the lookup itself answers at once
+        # while the breaker is open, and is what probes (and heals) Redis once it has
+        # cooled, so a read-only workload gets its cache back without any write.
         if tracker.status is not TxnStatus.IDLE:
             return Bypass.IN_TRANSACTION
         if not tracker.idle() or tracker.skipping or self.captures or self.executed:
