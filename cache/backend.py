@@ -103,6 +103,41 @@ def parse_stream_id(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class BackendCounters:
+    """The operation counters both backends keep, and the `stats()` snapshot of them."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.skipped = 0
+        self.lookups = 0
+        self.hits = 0
+        self.fills_stored = 0
+        self.fills_refused = 0
+        self.bumps = 0
+        self.bump_failures = 0
+        self.heals = 0
+        self.published = 0
+
+    @property
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def stats(self) -> BackendStats:
+        return BackendStats(
+            available=self.available,
+            errors=self.errors,
+            skipped=self.skipped,
+            lookups=self.lookups,
+            hits=self.hits,
+            fills_stored=self.fills_stored,
+            fills_refused=self.fills_refused,
+            bumps=self.bumps,
+            bump_failures=self.bump_failures,
+            heals=self.heals,
+            published=self.published,
+        )
+
+
 @runtime_checkable
 class Backend(Protocol):
     """The storage operations the cache layer needs; none of them raises for a store failure."""

@@ -26,7 +26,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cache.backend import EVENT_ID, BackendStats, Lookup, check_template, parse_stream_id
+from cache.backend import (
+    EVENT_ID,
+    BackendCounters,
+    Lookup,
+    check_template,
+    parse_stream_id,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +43,7 @@ class _Entry:
     size: int
 
 
-class MemoryBackend:
+class MemoryBackend(BackendCounters):
     """`cache.backend.Backend` in process memory."""
 
     def __init__(
@@ -48,6 +54,7 @@ class MemoryBackend:
         queue_size: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._max_bytes = max_bytes
         self._epoch_key = epoch_key
         self._queue_size = queue_size
@@ -59,16 +66,6 @@ class MemoryBackend:
         self._last_ids: dict[str, tuple[int, int]] = {}
         self._subscribers: dict[str, list[asyncio.Queue[str]]] = {}
         self._prepared: dict[str, list[str]] = {}
-        self.errors = 0
-        self.skipped = 0
-        self.lookups = 0
-        self.hits = 0
-        self.fills_stored = 0
-        self.fills_refused = 0
-        self.bumps = 0
-        self.bump_failures = 0
-        self.heals = 0
-        self.published = 0
         self.evictions = 0
 
     @property
@@ -91,21 +88,6 @@ class MemoryBackend:
 
     async def healthy(self) -> bool:
         return True
-
-    def stats(self) -> BackendStats:
-        return BackendStats(
-            available=True,
-            errors=self.errors,
-            skipped=self.skipped,
-            lookups=self.lookups,
-            hits=self.hits,
-            fills_stored=self.fills_stored,
-            fills_refused=self.fills_refused,
-            bumps=self.bumps,
-            bump_failures=self.bump_failures,
-            heals=self.heals,
-            published=self.published,
-        )
 
     # --- counters and entries -------------------------------------------------------------
 

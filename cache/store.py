@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache import lua
-from cache.backend import EVENT_ID, BackendStats, Lookup, check_template
+from cache.backend import EVENT_ID, BackendCounters, Lookup, check_template
 from cache.resp import RespClient, RespError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class _Failed:
 _FAILED: Final = _Failed()
 
 
-class RedisBackend:
+class RedisBackend(BackendCounters):
     """`cache.backend.Backend` on Redis, with timeouts, a circuit breaker and epoch healing."""
 
     def __init__(
@@ -82,6 +82,7 @@ class RedisBackend:
         breaker_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._client = client
         self._epoch_key = epoch_key
         self._deadline = op_timeout + connect_timeout
@@ -109,16 +110,6 @@ class RedisBackend:
         self._bump = client.register_script(lua.BUMP)
         self._publish = client.register_script(lua.PUBLISH)
         self.eviction_policy: str | None = None
-        self.errors = 0
-        self.skipped = 0
-        self.lookups = 0
-        self.hits = 0
-        self.fills_stored = 0
-        self.fills_refused = 0
-        self.bumps = 0
-        self.bump_failures = 0
-        self.heals = 0
-        self.published = 0
 
     @classmethod
     def from_url(
@@ -190,21 +181,6 @@ class RedisBackend:
             return await self._try_heal()
         ok = await self._call(self._client.ping, trip_on_reply_error=True)
         return not isinstance(ok, _Failed) and self._available
-
-    def stats(self) -> BackendStats:
-        return BackendStats(
-            available=self._available,
-            errors=self.errors,
-            skipped=self.skipped,
-            lookups=self.lookups,
-            hits=self.hits,
-            fills_stored=self.fills_stored,
-            fills_refused=self.fills_refused,
-            bumps=self.bumps,
-            bump_failures=self.bump_failures,
-            heals=self.heals,
-            published=self.published,
-        )
 
     async def _check_policy(self) -> None:
         try:
