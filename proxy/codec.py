@@ -289,6 +289,9 @@ class Close:
 
 def decode_query(payload: bytes) -> str:
     """Query (F): the query string."""
+    end = payload.find(b"\x00")
+    if end >= 0 and end == len(payload) - 1:  # the usual case, without a _Reader
+        return payload[:end].decode("utf-8", "surrogateescape")
     r = _Reader(payload)
     text = r.cstring()
     r.end()
@@ -320,13 +323,18 @@ def decode_bind(payload: bytes) -> Bind:
     return Bind(portal, statement, param_formats, tuple(params), result_formats)
 
 
-def decode_bind_names(payload: bytes) -> tuple[str, str]:
-    """Bind (F): only the portal and statement names (the relay needs no more)."""
-    first = payload.find(b"\x00")
-    second = payload.find(b"\x00", first + 1) if first >= 0 else -1
+def decode_bind_names(payload: bytes, start: int = 0, end: int | None = None) -> tuple[str, str]:
+    """Bind (F): only the portal and statement names (the relay needs no more).
+
+    The payload is ``payload[start:end]`` (so a caller walking a chunk need not copy it).
+    """
+    if end is None:
+        end = len(payload)
+    first = payload.find(b"\x00", start, end)
+    second = payload.find(b"\x00", first + 1, end) if first >= 0 else -1
     if second < 0:
         raise ProtocolViolation("unterminated string in message")
-    portal = payload[:first].decode("utf-8", "surrogateescape") if first else ""
+    portal = payload[start:first].decode("utf-8", "surrogateescape") if first > start else ""
     statement = payload[first + 1 : second].decode("utf-8", "surrogateescape")
     return portal, statement
 

@@ -34,11 +34,13 @@ _SMALL_MESSAGES = frozenset(b"SHCDEcfX")
 class FrontendReader:
     """Splits the client's byte stream into whole messages."""
 
-    __slots__ = ("_buf", "max_message_bytes", "startup")
+    __slots__ = ("_buf", "max_message_bytes", "quick_limit", "startup")
 
     def __init__(self, max_message_bytes: int) -> None:
         self._buf = bytearray()
         self.max_message_bytes = max_message_bytes
+        # A length at most this is within the limit whatever the message type.
+        self.quick_limit = min(_SMALL_MESSAGE_LIMIT, max_message_bytes)
         self.startup = True  # untagged start-up packets until the caller switches
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
@@ -71,7 +73,7 @@ class FrontendReader:
                 break
             tag = buf[pos]
             length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            self._check(tag, length)
+            self.check(tag, length)
             if end - pos < length + 1:
                 break
             out.append((tag, bytes(buf[pos : pos + 1 + length])))
@@ -85,7 +87,7 @@ class FrontendReader:
         out: list[tuple[int, bytes]] = []
         pos = 0
         n = len(data)
-        check = self._check
+        check = self.check
         while n - pos >= 5:
             tag = data[pos]
             length = int.from_bytes(data[pos + 1 : pos + 5], "big")
@@ -99,6 +101,10 @@ class FrontendReader:
             self._buf += data[pos:]
         return out
 
+    def keep(self, data: bytes) -> None:
+        """Buffer the start of a message whose header was already checked (by `check`)."""
+        self._buf += data
+
     def pending(self) -> bytes:
         """Bytes received but not yet returned as a message."""
         return bytes(self._buf)
@@ -108,7 +114,8 @@ class FrontendReader:
         """How many bytes wait for the rest of their message."""
         return len(self._buf)
 
-    def _check(self, tag: int, length: int) -> None:
+    def check(self, tag: int, length: int) -> None:
+        """Raise if a message with this header may not be accepted."""
         if tag not in FRONTEND_TAGS:
             raise ProtocolViolation(f"invalid frontend message type {tag}")
         if length < 4:

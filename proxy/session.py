@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
 
 from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
-from proxy.codec import BackendTag, FrontendTag, TxnStatus
+from proxy.codec import BackendTag, FrontendTag, TxnStatus, decode_bind_names
 from proxy.errors import (
     InternalError,
     ProtocolViolation,
@@ -37,7 +38,7 @@ from proxy.errors import (
 )
 from proxy.framing import BackendScanner, FrontendReader
 from proxy.state import Settings
-from proxy.tracker import Pending, Request, Tracker, pending_for
+from proxy.tracker import SYNC_ENTRY, Pending, Request, Tracker, pending_for
 from proxy.upstream import UpstreamProtocol, connect
 
 if TYPE_CHECKING:
@@ -88,6 +89,34 @@ _PARSE_COMPLETE = int(BackendTag.PARSE_COMPLETE)
 _PORTAL_SUSPENDED = int(BackendTag.PORTAL_SUSPENDED)
 _EXECUTE = int(FrontendTag.EXECUTE)
 _UNNAMED_EXECUTE = Pending(Request.EXECUTE)  # shared by relay-only sessions: never changed
+_LENGTH = struct.Struct("!I").unpack_from
+_FRONTEND_TAGS = codec.FRONTEND_TAGS
+_F_BIND = int(FrontendTag.BIND)
+_F_DESCRIBE = int(FrontendTag.DESCRIBE)
+_F_SYNC = int(FrontendTag.SYNC)
+_DATA_ROW = int(BackendTag.DATA_ROW)
+_ROW_DESCRIPTION = int(BackendTag.ROW_DESCRIPTION)
+_BIND_COMPLETE = int(BackendTag.BIND_COMPLETE)
+_DESCRIBED = frozenset((int(BackendTag.ROW_DESCRIPTION), int(BackendTag.NO_DATA)))
+_BIND = Request.BIND
+_DESCRIBE = Request.DESCRIBE
+_EXECUTE_REQUEST = Request.EXECUTE
+_QUERY = Request.QUERY
+_UNNAMED_PORTAL_DESCRIBE = Pending(Request.DESCRIBE, "", "", "P")  # shared, like the Execute
+# Decoded backend messages whose payload the relay never reads (the tracker needs the tag).
+_PAYLOAD_UNREAD = frozenset(
+    int(t)
+    for t in (
+        BackendTag.PARSE_COMPLETE,
+        BackendTag.BIND_COMPLETE,
+        BackendTag.CLOSE_COMPLETE,
+        BackendTag.NO_DATA,
+        BackendTag.ROW_DESCRIPTION,
+        BackendTag.EMPTY_QUERY_RESPONSE,
+        BackendTag.PORTAL_SUSPENDED,
+        BackendTag.COPY_IN_RESPONSE,
+    )
+)
 
 
 class State(Enum):
@@ -283,24 +312,70 @@ class ClientSession(asyncio.Protocol):
 
     def _relay_client(self, data: bytes) -> None:
         whole = not self.reader.buffered  # `data` starts at a message boundary
+        if whole and self.cache is None and not self._held_at_auth:
+            self._relay_fresh(data)
+            return
         messages = self.reader.feed(data)
         if self._held_at_auth:
             self._held_at_auth.extend(messages)  # still behind the start-up's ReadyForQuery
             return
-        if whole and not self.reader.buffered and self.cache is None:
-            self._relay_messages(messages, data)  # exactly these messages: send `data` as is
-        else:
-            self._relay_messages(messages)
+        self._relay_messages(messages)
 
-    def _relay_messages(self, messages: list[tuple[int, bytes]], data: bytes = b"") -> None:
+    def _relay_fresh(self, data: bytes) -> None:
+        """Relay only, nothing buffered (the usual case): walk the messages of `data` in
+        place, record what each expects, and send the complete ones in one write.
+
+        The same as `FrontendReader.feed` + `_relay_messages`, inlined for the frequent
+        messages: this runs for every client chunk of a relay-only session.
+        """
+        tracker = self.tracker
+        push = tracker.push
+        # Outside error-skipping and COPY, recording is a plain append (`push` never
+        # starts either state, so this holds for the whole chunk).
+        append = tracker.pending.append if not (tracker.skipping or tracker.copy_in) else push
+        reader = self.reader
+        quick_limit = reader.quick_limit
+        n = len(data)
+        pos = 0
+        while n - pos >= 5:
+            tag = data[pos]
+            length = _LENGTH(data, pos + 1)[0]
+            if not 4 <= length <= quick_limit or tag not in _FRONTEND_TAGS:
+                reader.check(tag, length)  # raises, unless a long message is allowed
+            end = pos + 1 + length
+            if end > n:
+                break
+            if tag == _F_BIND:
+                portal, statement = decode_bind_names(data, pos + 5, end)
+                append(Pending(_BIND, portal, "", "", (), statement))
+            elif tag == _EXECUTE and length == 9 and data[pos + 5] == 0:
+                append(_UNNAMED_EXECUTE)
+            elif tag == _F_DESCRIBE and length == 6 and data[pos + 5 : end] == b"P\x00":
+                append(_UNNAMED_PORTAL_DESCRIBE)
+            elif tag == _F_SYNC:
+                push(SYNC_ENTRY)
+            elif tag == _TERMINATE:
+                if pos:
+                    self.send_upstream(data[:pos])
+                self.terminate()
+                return
+            else:
+                entry = pending_for(tag, data[pos + 5 : end])
+                if entry is not None:
+                    push(entry)
+            pos = end
+        if pos < n:
+            reader.keep(data[pos:])  # the start of a message: the rest comes later
+            data = data[:pos]
+        if data:
+            self.send_upstream(data)
+
+    def _relay_messages(self, messages: list[tuple[int, bytes]]) -> None:
         if self.cache is not None:
             self.cache.client_messages(messages)
             return
         push = self.tracker.push
         for index, (tag, raw) in enumerate(messages):
-            if tag == _EXECUTE and len(raw) == 10 and raw[5] == 0:
-                push(_UNNAMED_EXECUTE)  # the common case; nothing changes relay entries
-                continue
             if tag == _TERMINATE:
                 if index:
                     self.send_upstream(b"".join(raw for _, raw in messages[:index]))
@@ -309,9 +384,7 @@ class ClientSession(asyncio.Protocol):
             entry = pending_for(tag, raw[5:])
             if entry is not None:
                 push(entry)
-        if data:
-            self.send_upstream(data)
-        elif messages:
+        if messages:
             self.send_upstream(
                 messages[0][1] if len(messages) == 1 else b"".join(raw for _, raw in messages)
             )
@@ -331,6 +404,22 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from Postgres: account for them, then forward them as they came."""
+        if (
+            self.cache is None
+            and self.state is State.READY
+            and self.scanner.at_boundary()
+            and not self._held_at_auth
+        ):
+            self.server.stats.bytes_to_client += len(data)
+            try:
+                self._relay_plain_fresh(data)
+            except ProtocolViolation:
+                log.warning("conn=%d upstream sent malformed data; closing", self.id)
+                self._close_upstream(cancel=False)
+            except Exception:
+                log.exception("conn=%d cannot follow the upstream's messages", self.id)
+                self.close(InternalError("internal error in pgreactive; see its log"))
+            return
         per_message = self.scanner.decode is _DECODE_ALL
         try:
             messages = self.scanner.feed(data)
@@ -377,7 +466,7 @@ class ClientSession(asyncio.Protocol):
         """
         tracker = self.tracker
         cache = self.cache
-        if cache is None and self.state is State.READY:
+        if cache is None and self.state is State.READY and not self._held_at_auth:
             self._relay_plain(data, messages)
             return
         write = self.write_client
@@ -462,28 +551,82 @@ class ClientSession(asyncio.Protocol):
 
     def _relay_plain(self, data: bytes, messages: list[tuple[int, bytes, int]]) -> None:
         """`_relay_upstream` without a cache: account for the messages, send the chunk."""
-        tracker = self.tracker
-        on_backend = tracker.on_backend
+        plain_message = self._plain_message
         for tag, payload, _ in messages:
-            if tag == _COMMAND_COMPLETE:
-                self._command_complete(payload, tracker.pending[0] if tracker.pending else None)
-            elif tag == _READY_FOR_QUERY:
-                on_backend(tag, payload)
-                self._ready()
-                continue
-            elif tag == _PARAMETER_STATUS:
-                name, value = codec.decode_parameter_status(payload)
-                self.parameters[name] = value
-                self.settings.reported(name, value)
-                continue
-            elif tag == _ERROR_RESPONSE:
-                self._error(payload)
-            elif tag == _BACKEND_KEY_DATA:
-                self.backend_key = codec.decode_backend_key_data(payload)
-                continue
-            on_backend(tag, payload)
+            plain_message(tag, payload)
+        self._plain_sent(data)
+
+    def _relay_plain_fresh(self, data: bytes) -> None:
+        """`_relay_plain` for a chunk that starts at a message boundary (the usual case):
+        walk its messages in place, slicing out only the payloads that are read, with the
+        tracker's most frequent steps inlined (`Tracker.on_backend` does the rest)."""
+        tracker = self.tracker
+        pending = tracker.pending
+        on_backend = tracker.on_backend
+        plain_message = self._plain_message
+        n = len(data)
+        pos = 0
+        while n - pos >= 5:
+            tag = data[pos]
+            length = _LENGTH(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"invalid backend message length {length}")
+            end = pos + 1 + length
+            if end > n:
+                break
+            if tag == _DATA_ROW:
+                pass
+            elif tag in _PAYLOAD_UNREAD:  # ParseComplete, BindComplete, RowDescription, ...
+                head = pending[0] if pending else None
+                if head is not None and tag == _BIND_COMPLETE and head.request is _BIND:
+                    pending.popleft()
+                    tracker.portals[head.name] = head.statement
+                elif head is not None and head.request is _DESCRIBE and tag in _DESCRIBED:
+                    pending.popleft()
+                elif head is not None and head.request is _QUERY and tag == _ROW_DESCRIPTION:
+                    pass  # a simple Query's RowDescription
+                else:
+                    on_backend(tag, b"")
+            elif tag == _COMMAND_COMPLETE and pending and data.startswith(b"SELECT ", pos + 5):
+                # A SELECT's end: nothing to track but its position.
+                request = pending[0].request
+                if request is _EXECUTE_REQUEST:
+                    pending.popleft()
+                elif request is _QUERY:
+                    self._completed_in_query += 1
+                    tracker.portals.pop("", None)  # it ran in a new unnamed portal
+                else:
+                    plain_message(tag, data[pos + 5 : end])
+            elif tag in _DECODED:
+                plain_message(tag, data[pos + 5 : end])
+            pos = end
+        if pos < n:
+            self.scanner.feed(data[pos:])  # a message that ends in a later chunk
+        self._plain_sent(data)
+
+    def _plain_message(self, tag: int, payload: bytes) -> None:
+        tracker = self.tracker
+        if tag == _COMMAND_COMPLETE:
+            self._command_complete(payload, tracker.pending[0] if tracker.pending else None)
+        elif tag == _READY_FOR_QUERY:
+            tracker.on_backend(tag, payload)
+            self._ready()
+            return
+        elif tag == _PARAMETER_STATUS:
+            name, value = codec.decode_parameter_status(payload)
+            self.parameters[name] = value
+            self.settings.reported(name, value)
+            return
+        elif tag == _ERROR_RESPONSE:
+            self._error(payload)
+        elif tag == _BACKEND_KEY_DATA:
+            self.backend_key = codec.decode_backend_key_data(payload)
+            return
+        tracker.on_backend(tag, payload)
+
+    def _plain_sent(self, data: bytes) -> None:
         self.write_client(data)
-        if self.draining and tracker.idle() and self.scanner.at_boundary():
+        if self.draining and self.tracker.idle() and self.scanner.at_boundary():
             self.close(ShuttingDown("terminating connection due to administrator command"))
 
     async def _after_barrier(

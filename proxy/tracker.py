@@ -119,7 +119,7 @@ def pending_for(tag: int, payload: bytes) -> Pending | None:
             return Pending(_EXECUTE)
         return Pending(_EXECUTE, codec.decode_execute(payload).portal)
     if tag == _F_SYNC:
-        return _SYNC_ENTRY  # never changed by anyone: one shared entry
+        return SYNC_ENTRY  # never changed by anyone: one shared entry
     if tag == _F_DESCRIBE:
         if payload == b"P\x00":
             return Pending(_DESCRIBE, "", "", "P")
@@ -140,7 +140,7 @@ def pending_for(tag: int, payload: bytes) -> Pending | None:
     return None  # Flush, CopyData, PasswordMessage
 
 
-_SYNC_ENTRY = Pending(_SYNC)
+SYNC_ENTRY = Pending(_SYNC)
 _F_BIND = int(FrontendTag.BIND)
 _F_EXECUTE = int(FrontendTag.EXECUTE)
 _F_SYNC = int(FrontendTag.SYNC)

@@ -255,13 +255,13 @@ def test_describe_commands(proxy: ProxyProcess) -> None:
     run = both(
         proxy,
         "-c",
-        r"\d pgbench_accounts",
+        r"\d pg_catalog.pg_class",
         "-c",
-        r"\dt public.pgbench_*",
+        r"\dS pg_catalog.pg_attr*",
         "-c",
         r"\df pg_catalog.pg_sleep*",
     )
     assert run.returncode == 0
-    assert "pgbench_accounts_pkey" in run.stdout
-    assert "pgbench_branches" in run.stdout
+    assert "pg_class_oid_index" in run.stdout
+    assert "pg_attrdef" in run.stdout
     assert "pg_sleep_for" in run.stdout
