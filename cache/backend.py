@@ -36,7 +36,7 @@ This module is pure: it imports neither asyncio's I/O nor redis.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -168,6 +168,14 @@ class Backend(Protocol):
 
     async def lookup(self, entry_key: str, gen_keys: Sequence[str]) -> Lookup | None:
         """Current gens and, when current, the entry's blob; None when unavailable."""
+        ...
+
+    def lookup_now(
+        self, entry_key: str, gen_keys: Sequence[str], callback: Callable[[Lookup | None], None]
+    ) -> bool:
+        """`lookup` without a task, where the backend can: start it and return True;
+        `callback` gets the outcome later (never before this returns).  False: nothing was
+        started, use `lookup`."""
         ...
 
     async def fill(

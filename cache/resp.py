@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -38,18 +39,27 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             if not waiters:
-                self.client.fail(RespError("reply without a request"))
+                if self.client.waiters is waiters:  # (else failed meanwhile: ignore the rest)
+                    self.client.fail(RespError("reply without a request"))
                 return
-            future, _ = waiters.popleft()
-            if not future.done():
-                future.set_result(reply)
+            waiter, _ = waiters.popleft()
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(reply)
+            else:
+                waiter(reply)  # a `send` callback: runs now, in this data_received
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.fail(RespError(f"connection lost: {exc or 'closed'}"))
 
 
+Callback = Callable[[Any], None]
+"""Gets the reply, or the `RespError` that failed the connection; must not raise."""
+
+
 class RespClient:
-    """One pipelined connection to Redis; `call()` sends a command and awaits its reply."""
+    """One pipelined connection to Redis; `call()` sends a command and awaits its reply,
+    `send()` (connected only) has a callback called with it, without a task or future."""
 
     def __init__(
         self, host: str, port: int, db: int, *, op_timeout: float, connect_timeout: float
@@ -57,7 +67,7 @@ class RespClient:
         self.host, self.port, self.db = host, port, db
         self.op_timeout = op_timeout
         self.connect_timeout = connect_timeout
-        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.waiters: deque[tuple[asyncio.Future[Any] | Callback, float]] = deque()
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -68,16 +78,27 @@ class RespClient:
         transport = self._transport
         if transport is None or transport.is_closing():
             transport = await self._connect()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self.waiters.append((future, time.monotonic()))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(future, args)
+        return await future
+
+    def send(self, callback: Callback, *args: bytes | str | int) -> bool:
+        """Send one command if connected (else False, and nothing is sent); `callback`
+        gets its reply or the `RespError` that failed the connection."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        self._queue(callback, args)
+        return True
+
+    def _queue(self, waiter: asyncio.Future[Any] | Callback, args: tuple[Any, ...]) -> None:
+        self.waiters.append((waiter, time.monotonic()))
         # Commands of every session in this loop iteration go out in one write (one syscall).
         if not self._out:
-            loop.call_soon(self._flush)
-        self._out.append(hiredis.pack_command(cast(Any, args)))
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(hiredis.pack_command(args))
         if self._watchdog is None:
-            self._watchdog = loop.call_later(self.op_timeout, self._check)
-        return await future
+            self._watchdog = asyncio.get_running_loop().call_later(self.op_timeout, self._check)
 
     async def _connect(self) -> asyncio.Transport:
         if self._connecting is None:
@@ -135,9 +156,12 @@ class RespClient:
         if transport is not None:
             transport.abort()
         waiters, self.waiters = self.waiters, deque()
-        for future, _ in waiters:
-            if not future.done():
-                future.set_exception(error)
+        while waiters:  # emptied as it goes: a data_received still holding it sees that
+            waiter, _ = waiters.popleft()
+            if not isinstance(waiter, asyncio.Future):
+                waiter(error)
+            elif not waiter.done():
+                waiter.set_exception(error)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

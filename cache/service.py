@@ -24,7 +24,7 @@ import os
 import random
 import socket
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -205,6 +205,24 @@ class CacheService:
         if result is not None and not result.hit and entry_key not in self._inflight:
             self._inflight[entry_key] = asyncio.get_running_loop().create_future()
         return result
+
+    def lookup_now(
+        self,
+        entry_key: str,
+        gen_keys: Sequence[str],
+        callback: Callable[[Lookup | bytes | None], None],
+    ) -> bool:
+        """`lookup` without a task, when no identical miss is running here and the backend
+        can (see `Backend.lookup_now`); False: nothing was started, use `lookup`."""
+        if entry_key in self._inflight:
+            return False  # join the leader: only `lookup` waits
+
+        def looked_up(result: Lookup | None) -> None:
+            if result is not None and not result.hit and entry_key not in self._inflight:
+                self._inflight[entry_key] = asyncio.get_running_loop().create_future()
+            callback(result)
+
+        return self.backend.lookup_now(entry_key, gen_keys, looked_up)
 
     def abandon(self, entry_key: str) -> None:
         """The miss this session led will not fill: release its waiters empty-handed."""

@@ -94,6 +94,7 @@ class RedisBackend(BackendCounters):
         self._failures = 0  # bumped on every breaker-opening failure; guards heal races
         self._lookup = client.register_script(lua.LOOKUP)
         self._fast: RespClient | None = None  # the hot path: pipelined, one connection
+        self._fast_ready = False  # a lookup script call on `_fast` has succeeded
         self._patient: RespClient | None = None  # invalidations: long timeouts, retried
         kwargs = client.connection_pool.connection_kwargs
         if "host" in kwargs and not kwargs.get("password") and not kwargs.get("username"):
@@ -269,6 +270,40 @@ class RedisBackend(BackendCounters):
             )
         if isinstance(reply, _Failed):
             return None
+        self._fast_ready = True  # the script is loaded (again)
+        return self._outcome(reply)
+
+    def lookup_now(
+        self, entry_key: str, gen_keys: Sequence[str], callback: Callable[[Lookup | None], None]
+    ) -> bool:
+        """`lookup` without a task: if Redis is available and connected, send the lookup
+        and return True; `callback` gets the outcome from the reply's data_received.
+        False: nothing was sent, use `lookup`."""
+        fast = self._fast
+        if fast is None or not self._available or not self._fast_ready:
+            return False
+
+        def reply(value: Any) -> None:
+            if isinstance(value, RespError):
+                self._trip(value)
+                callback(None)
+            elif isinstance(value, hiredis.ReplyError):
+                # NOSCRIPT (Redis lost its scripts, e.g. a restart or SCRIPT FLUSH) or an
+                # error: this read goes uncached; the next `lookup` reloads the script.
+                self.errors += 1
+                self._fast_ready = False
+                log.debug("redis reply error: %s", value)
+                callback(None)
+            else:
+                callback(self._outcome(value))
+
+        if not fast.send(reply, "EVALSHA", self._lookup.sha, 1 + len(gen_keys), entry_key,
+                         *gen_keys):
+            return False
+        self.lookups += 1
+        return True
+
+    def _outcome(self, reply: Any) -> Lookup:
         gens_raw: bytes = reply[0]
         blob: bytes | None = None
         if len(reply) > 1:

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
@@ -44,11 +46,16 @@ from cache.planner import Bypass, ReadPlan, WritePlan, plan_read, plan_write
 from cache.service import CacheService, DatabaseContext
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
+from proxy.errors import InternalError
 from proxy.tracker import Pending, Request, pending_for
 
 if TYPE_CHECKING:
     from proxy.session import ClientSession
 
+log = logging.getLogger("pgreactive.cache")
+
+_FAILED = object()  # a lookup that raised (or was cancelled)
+_HOLD_BYTES = 256 * 1024  # client bytes held behind a lookup before the socket is paused
 PARSE_COMPLETE = codec.message(BackendTag.PARSE_COMPLETE)
 BIND_COMPLETE = codec.message(BackendTag.BIND_COMPLETE)
 _EXTENDED = frozenset(b"PBDE")
@@ -128,6 +135,7 @@ class SessionCache:
         self.session = session
         self.service = service
         self.held: list[tuple[int, bytes]] | None = None  # client messages behind a lookup
+        self.held_bytes = 0
         self.segment: list[tuple[int, bytes]] | None = None  # extended messages before Sync
         self.executed = False  # an Execute of this segment went upstream: relay until Sync
         self.local_segment = False  # this segment was answered from the cache so far
@@ -148,7 +156,11 @@ class SessionCache:
         out: list[bytes] = []
         for index, (tag, raw) in enumerate(messages):
             if self.held is not None:
-                self.held.extend(messages[index:])
+                rest = messages[index:]
+                self.held.extend(rest)
+                self.held_bytes += sum(len(raw) for _, raw in rest)
+                if self.held_bytes > _HOLD_BYTES:
+                    self.session.pause_client("lookup")  # enough waits: stop reading
                 break
             if tag == FrontendTag.TERMINATE:
                 self._send(out)
@@ -255,8 +267,7 @@ class SessionCache:
         if plan is None:
             return False
         key = context.namespace.entry(entry_digest(self._settings(), b"Q", pending.sql))
-        self._hold(out)
-        self.session.server.spawn(self._lookup(key, plan, context, analysis, [raw], pending))
+        self._start_lookup(key, plan, context, analysis, [raw], pending, out)
         return True
 
     def _wait_for_catalog(
@@ -286,15 +297,15 @@ class SessionCache:
     def _release(self, first: list[tuple[int, bytes]]) -> None:
         """End a hold: `first`, then the client messages that waited, go on their way."""
         held, self.held = self.held or [], None
-        self.session.resume_client("lookup")
+        self.session.resume_client("lookup")  # (if it came to pausing)
         if first or held:
             self.session.client_messages(first + held)
 
     def _hold(self, out: list[bytes]) -> None:
         """A lookup starts: what came before goes out, what comes after waits for it."""
         self._send(out)
-        self.held = []
-        self.session.pause_client("lookup")
+        self.held = []  # the client socket keeps being read, up to _HOLD_BYTES
+        self.held_bytes = 0
 
     def _count_bypass(self, sql: str) -> None:
         """An extended-protocol read relayed without being considered for the cache (in a
@@ -412,14 +423,13 @@ class SessionCache:
             bind.result_formats,
         )
         key = context.namespace.entry(digest)
-        self._hold(out)
         messages = [*(raw for _, raw in segment), sync]
-        self.session.server.spawn(self._lookup(key, plan, context, analysis, messages, unit))
+        self._start_lookup(key, plan, context, analysis, messages, unit, out)
         return True
 
     # --- lookups -----------------------------------------------------------------------
 
-    async def _lookup(
+    def _start_lookup(
         self,
         key: str,
         plan: ReadPlan,
@@ -427,25 +437,60 @@ class SessionCache:
         analysis: Analysis,
         messages: list[bytes],
         request: Pending | Unit,
+        out: list[bytes],
     ) -> None:
-        started = time.perf_counter()
-        done = False
+        """Hold what the client sends next, and look the read up: without a task when the
+        backend can (the reply's callback answers), else in one."""
+        self._hold(out)
+        done = partial(
+            self._looked_up, key, plan, context, analysis, messages, request, time.perf_counter()
+        )
+        if not self.service.lookup_now(key, plan.gen_keys, done):
+            self.session.server.spawn(self._lookup(key, plan.gen_keys, done))
+
+    async def _lookup(
+        self, key: str, gen_keys: tuple[str, ...], done: Callable[[object], None]
+    ) -> None:
+        result: object = _FAILED
         try:
-            result = await self.service.lookup(key, plan.gen_keys)
-            session = self.session
+            result = await self.service.lookup(key, gen_keys)
+        finally:
+            done(result)
+
+    def _looked_up(
+        self,
+        key: str,
+        plan: ReadPlan,
+        context: DatabaseContext,
+        analysis: Analysis,
+        messages: list[bytes],
+        request: Pending | Unit,
+        started: float,
+        result: object,
+    ) -> None:
+        """A lookup's outcome (a `Lookup`, a leader's fresh body, None: no cache, or
+        `_FAILED`): answer the read or send it upstream, then let the client go on.
+
+        Also called from the Redis connection's data_received: it never raises."""
+        done = False
+        service = self.service
+        session = self.session
+        try:
             if session.client is None:
                 if isinstance(result, Lookup) and not result.hit:
-                    self.service.abandon(key)
+                    service.abandon(key)
                 done = True
                 return
-            if isinstance(result, Lookup) and not self.service.catalog_current(
+            if result is _FAILED:
+                return
+            if isinstance(result, Lookup) and not service.catalog_current(
                 session.database, context.catalog, plan.gen_keys, result.gens
             ):
                 # The schema changed (DDL through another instance) since this catalog was
                 # read: neither serve nor fill on its strength until it is reloaded.
                 if not result.hit:
-                    self.service.abandon(key)
-                self.service.stats.bypassed(Bypass.CATALOG_UNKNOWN)
+                    service.abandon(key)
+                service.stats.bypassed(Bypass.CATALOG_UNKNOWN)
                 self._relay_read(messages, request, None)
                 done = True
                 return
@@ -454,26 +499,32 @@ class SessionCache:
                 body = entry.decode(result.blob)
             if body is not None:
                 self._answer(request, body)
-                self.service.stats.hits += 1
-                self.service.latency.hit(time.perf_counter() - started)
+                service.stats.hits += 1
+                service.latency.hit(time.perf_counter() - started)
             else:
                 capture = None
                 if isinstance(result, Lookup):
-                    self.service.stats.misses += 1
+                    service.stats.misses += 1
                     capture = Capture(
                         key, plan, result.gens, session.database, analysis.query_name
                         or analysis.fingerprint, started,
-                        self.service.config.cache.max_result_bytes,
+                        service.config.cache.max_result_bytes,
                     )
                 else:
-                    self.service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
+                    service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
                 self._relay_read(messages, request, capture)
             done = True
+        except Exception:
+            log.exception("conn=%d cache lookup failed; the read goes upstream", session.id)
         finally:
-            if not done and self.session.client is not None:
-                self.service.abandon(key)
-                self._relay_read(messages, request, None)  # whatever failed: forward it
-            self._release([])
+            try:
+                if not done and session.client is not None:
+                    service.abandon(key)
+                    self._relay_read(messages, request, None)  # whatever failed: forward it
+                self._release([])
+            except Exception:
+                log.exception("conn=%d cannot resume after a lookup", session.id)
+                session.close(InternalError("internal error in pgreactive; see its log"))
 
     def _answer(self, request: Pending | Unit, body: bytes) -> None:
         """Reply to a read from the cache, exactly as Postgres would have."""

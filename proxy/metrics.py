@@ -2,16 +2,23 @@
 
 The relay bumps plain integer attributes on one `Stats` object (no locks, no label lookups
 per message); a Prometheus collector reads them at scrape time.  Latency histograms are
-prometheus-client `Histogram`s observed only on the cache path (hits and misses).
+kept the same way (see `Latency`) and observed only on the cache path (hits and misses).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
@@ -44,19 +51,47 @@ class Stats:
         self.bypass[reason] = self.bypass.get(reason, 0) + 1
 
 
-class Latency:
-    """Histograms of query latency on the cache path, by outcome."""
+class Latency(Collector):
+    """Histograms of query latency on the cache path, by outcome.
+
+    Observed on every hit, so kept as plain lists (a bisect and two additions) rather
+    than prometheus-client `Histogram`s, which take a lock per observation; exposed as
+    the histogram `pgreactive_query_duration_seconds{outcome=hit|miss}`.
+    """
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.histogram = Histogram(
+        self._buckets: dict[str, list[int]] = {}
+        self._sums: dict[str, list[float]] = {}
+        self.hit = self._observer("hit")
+        self.miss = self._observer("miss")
+        if registry is not None:
+            registry.register(self)
+
+    def _observer(self, outcome: str) -> Callable[[float], None]:
+        counts = self._buckets[outcome] = [0] * (len(_LATENCY_BUCKETS) + 1)
+        total = self._sums[outcome] = [0.0]
+        where = bisect.bisect_left
+        bounds = _LATENCY_BUCKETS
+
+        def observe(seconds: float) -> None:
+            counts[where(bounds, seconds)] += 1  # the first bucket whose bound is >= it
+            total[0] += seconds
+
+        return observe
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
             "pgreactive_query_duration_seconds",
             "Time from a cacheable request to the end of its response, by outcome",
-            ["outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            labels=["outcome"],
         )
-        self.hit = self.histogram.labels("hit").observe
-        self.miss = self.histogram.labels("miss").observe
+        for outcome, counts in self._buckets.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*_LATENCY_BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+            family.add_metric([outcome], buckets, self._sums[outcome][0])
+        yield family
 
 
 class StatsCollector(Collector):

@@ -174,7 +174,10 @@ class ClientSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             if self.state is State.READY:
-                self._relay_client(data)
+                if self.cache is None and not self.reader.buffered and not self._held_at_auth:
+                    self._relay_fresh(data)  # the usual case, one call less
+                else:
+                    self._relay_client(data)
             elif self.state is State.RAW:
                 self.send_upstream(data)
             elif self.state is State.STARTUP:
@@ -311,10 +314,6 @@ class ClientSession(asyncio.Protocol):
     # --- relay ---------------------------------------------------------------------
 
     def _relay_client(self, data: bytes) -> None:
-        whole = not self.reader.buffered  # `data` starts at a message boundary
-        if whole and self.cache is None and not self._held_at_auth:
-            self._relay_fresh(data)
-            return
         messages = self.reader.feed(data)
         if self._held_at_auth:
             self._held_at_auth.extend(messages)  # still behind the start-up's ReadyForQuery
@@ -367,8 +366,10 @@ class ClientSession(asyncio.Protocol):
         if pos < n:
             reader.keep(data[pos:])  # the start of a message: the rest comes later
             data = data[:pos]
-        if data:
-            self.send_upstream(data)
+        upstream = self.upstream
+        if data and upstream is not None and upstream.transport is not None:
+            self.server.stats.bytes_to_upstream += len(data)
+            upstream.transport.write(data)
 
     def _relay_messages(self, messages: list[tuple[int, bytes]]) -> None:
         if self.cache is not None:
@@ -554,7 +555,9 @@ class ClientSession(asyncio.Protocol):
         plain_message = self._plain_message
         for tag, payload, _ in messages:
             plain_message(tag, payload)
-        self._plain_sent(data)
+        self.write_client(data)
+        if self.draining and self.tracker.idle() and self.scanner.at_boundary():
+            self.close(ShuttingDown("terminating connection due to administrator command"))
 
     def _relay_plain_fresh(self, data: bytes) -> None:
         """`_relay_plain` for a chunk that starts at a message boundary (the usual case):
@@ -597,12 +600,19 @@ class ClientSession(asyncio.Protocol):
                     tracker.portals.pop("", None)  # it ran in a new unnamed portal
                 else:
                     plain_message(tag, data[pos + 5 : end])
+            elif tag == _READY_FOR_QUERY:
+                on_backend(tag, data[pos + 5 : end])
+                self._ready()
             elif tag in _DECODED:
                 plain_message(tag, data[pos + 5 : end])
             pos = end
         if pos < n:
             self.scanner.feed(data[pos:])  # a message that ends in a later chunk
-        self._plain_sent(data)
+        client = self.client
+        if client is not None:
+            client.write(data)
+        if self.draining and tracker.idle() and self.scanner.at_boundary():
+            self.close(ShuttingDown("terminating connection due to administrator command"))
 
     def _plain_message(self, tag: int, payload: bytes) -> None:
         tracker = self.tracker
@@ -623,11 +633,6 @@ class ClientSession(asyncio.Protocol):
             self.backend_key = codec.decode_backend_key_data(payload)
             return
         tracker.on_backend(tag, payload)
-
-    def _plain_sent(self, data: bytes) -> None:
-        self.write_client(data)
-        if self.draining and self.tracker.idle() and self.scanner.at_boundary():
-            self.close(ShuttingDown("terminating connection due to administrator command"))
 
     async def _after_barrier(
         self,
@@ -782,8 +787,11 @@ class ClientSession(asyncio.Protocol):
         self._paused_client.add(reason)
 
     def resume_client(self, reason: str = "upstream") -> None:
-        self._paused_client.discard(reason)
-        if not self._paused_client and self.client is not None:
+        paused = self._paused_client
+        if reason not in paused:
+            return
+        paused.discard(reason)
+        if not paused and self.client is not None:
             self.client.resume_reading()
 
     def pause_upstream(self, reason: str) -> None:
