@@ -213,3 +213,25 @@ def entry_digest(
             h.update(len(value).to_bytes(4, "big") + value)
     h.update(b"R" + b",".join(str(f).encode() for f in result_formats))
     return h.hexdigest()
+
+
+def unit_prefix(
+    settings: bytes, shape: bytes, sql: str, param_oids: Sequence[int]
+) -> hashlib.blake2b:
+    """The hash state of an extended-protocol read before its Bind (see `unit_digest`)."""
+    h = hashlib.blake2b(KEY_VERSION + b"u", digest_size=20)
+    h.update(settings)
+    h.update(shape + b"\x00")
+    text = sql.encode()
+    h.update(len(text).to_bytes(4, "big") + text)
+    h.update(b"O" + b",".join(str(o).encode() for o in param_oids) + b"\x00")
+    return h
+
+
+def unit_digest(prefix: hashlib.blake2b, bind_values: bytes) -> str:
+    """The hash naming one extended-protocol read's result: `prefix` (statement, settings,
+    requested messages) and the Bind's bytes after the two names, as sent (parameter
+    formats, values, result formats: length-prefixed, so unambiguous)."""
+    h = prefix.copy()
+    h.update(bind_values)
+    return h.hexdigest()

@@ -29,19 +29,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from analyzer import AnalyzerOptions, analyze
+from analyzer import AnalyzerOptions, StatementAnalysis, analyze
 from cache import entry
 from cache.backend import Backend, Lookup, event_template
 from cache.catalog import Catalog, CatalogCache, load_catalog
 from cache.keys import Namespace
 from cache.pgclient import PgClient
-from cache.planner import CachePolicy, WritePlan
+from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
 from proxy.config import Config
 from proxy.metrics import Latency, Stats
 
 log = logging.getLogger("pgreactive.cache")
 
 _SHAPES_PER_TABLE = 64
+_PLANS_MEMO = 4096  # memoised read plans (emptied when full)
+# (analysis, catalog, policy, namespace, plan): the plan is reused only for these very objects
+_PlanMemo = tuple[StatementAnalysis, Catalog | None, CachePolicy, Namespace, ReadPlan | str]
 _SINGLE_FLIGHT_WAIT = 2.0
 # Test hook: a random delay (up to this many ms) between a fill's lookup and its store, to
 # widen the read-fill / invalidate race window in stress tests (PITFALLS E5).
@@ -100,6 +103,7 @@ class CacheService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._client_db: dict[int, str] = {}  # catalog connection → its database
         self._catalog_ddl: dict[int, str | None] = {}  # catalog → `ddl` counter it predates
+        self._plans: dict[tuple[int, tuple[str | None, ...]], _PlanMemo] = {}
 
     async def start(self) -> None:
         await self.backend.start()
@@ -180,6 +184,27 @@ class CacheService:
                 )
                 self._options[(database, id(catalog))] = options
         return DatabaseContext(ns, catalog, options)
+
+    def plan_read(
+        self, analysis: StatementAnalysis, context: DatabaseContext, params: tuple[str | None, ...]
+    ) -> ReadPlan | str:
+        """`planner.plan_read`, memoised: the same analysis object (the analyzer memoises
+        them), catalog, policy and parameters always plan the same."""
+        memo_key = (id(analysis), params)
+        memo = self._plans.get(memo_key)
+        if (
+            memo is not None
+            and memo[0] is analysis
+            and memo[1] is context.catalog
+            and memo[2] is self.policy
+            and memo[3] is context.namespace
+        ):
+            return memo[4]
+        plan = plan_read(analysis, context.namespace, context.catalog, self.policy, params)
+        if len(self._plans) >= _PLANS_MEMO:
+            self._plans.clear()
+        self._plans[memo_key] = (analysis, context.catalog, self.policy, context.namespace, plan)
+        return plan
 
     # --- reads -----------------------------------------------------------------------
 

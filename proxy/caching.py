@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,8 @@ from typing import TYPE_CHECKING
 from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
 from cache import entry
 from cache.backend import Lookup
-from cache.keys import entry_digest, settings_digest
-from cache.planner import Bypass, ReadPlan, WritePlan, plan_read, plan_write
+from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
+from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
 from cache.service import CacheService, DatabaseContext
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgreactive.cache")
 
 _FAILED = object()  # a lookup that raised (or was cancelled)
+_MEMO_SIZE = 1024  # statements per session memo (emptied when full)
 _HOLD_BYTES = 256 * 1024  # client bytes held behind a lookup before the socket is paused
 PARSE_COMPLETE = codec.message(BackendTag.PARSE_COMPLETE)
 BIND_COMPLETE = codec.message(BackendTag.BIND_COMPLETE)
@@ -120,7 +122,8 @@ class Unit:
 
     parse: codec.Parse | None
     parse_raw: bytes | None
-    bind: codec.Bind
+    bind: bytes  # the Bind's payload: decoded only when the plan needs its parameters
+    statement: str
     describe: bool
     sql: str
     param_oids: tuple[int, ...]
@@ -148,6 +151,10 @@ class SessionCache:
         self.disabled: str | None = None  # why reads are never cached in this session
         self._catalog_waited = False  # this session already waited once for its catalog
         self._digest: tuple[int, bytes] = (-1, b"")
+        # Per-statement memos under the current settings (`_settings` clears them): a
+        # simple Query's entry key, an extended read's hash state before its Bind.
+        self._keys: dict[str, str] = {}
+        self._prefixes: dict[tuple[bool, str, tuple[int, ...]], hashlib.blake2b] = {}
 
     # --- client → upstream -----------------------------------------------------------
 
@@ -266,7 +273,14 @@ class SessionCache:
         plan = self._plan(analysis, context, ())
         if plan is None:
             return False
-        key = context.namespace.entry(entry_digest(self._settings(), b"Q", pending.sql))
+        settings = self._settings()  # (clears the memos when the settings changed)
+        key = self._keys.get(pending.sql)
+        if key is None:
+            if len(self._keys) >= _MEMO_SIZE:
+                self._keys.clear()
+            key = self._keys[pending.sql] = context.namespace.entry(
+                entry_digest(settings, b"Q", pending.sql)
+            )
         self._start_lookup(key, plan, context, analysis, [raw], pending, out)
         return True
 
@@ -324,8 +338,7 @@ class SessionCache:
     ) -> ReadPlan | None:
         reason = self._eligible()
         if reason is None:
-            planned = plan_read(analysis, context.namespace, context.catalog, self.service.policy,
-                                params)
+            planned = self.service.plan_read(analysis, context, params)
             if isinstance(planned, ReadPlan):
                 return planned
             reason = planned
@@ -370,32 +383,38 @@ class SessionCache:
         if tags not in (b"BE", b"BDE", b"PBE", b"PBDE"):
             return None
         parse = codec.decode_parse(segment[0][1][5:]) if tags[0] == ord("P") else None
-        bind = codec.decode_bind(segment[len(tags) - (3 if b"D" in tags else 2)][1][5:])
-        execute = codec.decode_execute(segment[-1][1][5:])
-        max_rows = max(execute.max_rows, 0)  # Postgres: zero or negative means no limit
-        if execute.portal != bind.portal or (max_rows and not final):
+        bind = segment[len(tags) - (3 if b"D" in tags else 2)][1][5:]
+        portal, statement = codec.decode_bind_names(bind)
+        execute = segment[-1][1][5:]
+        if execute == b"\x00\x00\x00\x00\x00":  # the unnamed portal, no row limit
+            max_rows, execute_portal = 0, ""
+        else:
+            decoded = codec.decode_execute(execute)
+            max_rows = max(decoded.max_rows, 0)  # Postgres: zero or negative means no limit
+            execute_portal = decoded.portal
+        if execute_portal != portal or (max_rows and not final):
             return None
         if b"D" in tags:
-            describe = codec.decode_describe(segment[-2][1][5:])
-            if describe.kind != "P" or describe.name != bind.portal:
+            describe = segment[-2][1][5:]
+            if describe != b"P" + portal.encode("utf-8", "surrogateescape") + b"\x00":
                 return None
         tracker = self.session.tracker
         if parse is not None:
-            if parse.statement != bind.statement:
+            if parse.statement != statement:
                 return None
             if parse.statement and (
                 parse.statement in tracker.statements or parse.statement in self.deferred
             ):
                 return None  # Postgres would refuse the duplicate name
-            return Unit(parse, segment[0][1], bind, b"D" in tags, parse.query, parse.param_oids,
+            return Unit(parse, segment[0][1], bind, statement, b"D" in tags, parse.query,
+                        parse.param_oids, max_rows, final)
+        known = tracker.statements.get(statement)
+        if known is not None and statement not in self.deferred:
+            return Unit(None, None, bind, statement, b"D" in tags, known.sql, known.param_oids,
                         max_rows, final)
-        known = tracker.statements.get(bind.statement)
-        if known is not None and bind.statement not in self.deferred:
-            return Unit(None, None, bind, b"D" in tags, known.sql, known.param_oids,
-                        max_rows, final)
-        deferred = self.deferred.get(bind.statement)
+        deferred = self.deferred.get(statement)
         if deferred is not None:
-            return Unit(None, None, bind, b"D" in tags, deferred[1], deferred[2],
+            return Unit(None, None, bind, statement, b"D" in tags, deferred[1], deferred[2],
                         max_rows, final)
         return None
 
@@ -408,21 +427,22 @@ class SessionCache:
             return False
         if self._wait_for_catalog(context, [*(raw for _, raw in segment), sync], out):
             return True
-        params = _text_params(unit.bind)
+        params = _text_params(codec.decode_bind(unit.bind)) if _uses_params(analysis) else ()
         plan = self._plan(analysis, context, params)
         if plan is None:
             return False
+        settings = self._settings()
+        memo = (unit.describe, unit.sql, unit.param_oids)
+        prefix = self._prefixes.get(memo)
+        if prefix is None:
+            if len(self._prefixes) >= _MEMO_SIZE:
+                self._prefixes.clear()
+            prefix = self._prefixes[memo] = unit_prefix(
+                settings, b"ET" if unit.describe else b"E", unit.sql, unit.param_oids
+            )
         bind = unit.bind
-        digest = entry_digest(
-            self._settings(),
-            b"ET" if unit.describe else b"E",
-            unit.sql,
-            unit.param_oids,
-            bind.param_formats,
-            bind.params,
-            bind.result_formats,
-        )
-        key = context.namespace.entry(digest)
+        values = bind.index(b"\x00", bind.index(b"\x00") + 1) + 1  # past the two names
+        key = context.namespace.entry(unit_digest(prefix, bind[values:]))
         messages = [*(raw for _, raw in segment), sync]
         self._start_lookup(key, plan, context, analysis, messages, unit, out)
         return True
@@ -732,7 +752,18 @@ class SessionCache:
         settings = self.session.settings
         if self._digest[0] != settings.version:
             self._digest = (settings.version, settings_digest(settings.effective()))
+            self._keys.clear()
+            self._prefixes.clear()
         return self._digest[1]
+
+
+def _uses_params(analysis: StatementAnalysis) -> bool:
+    """Whether the read's plan depends on its bound parameters (a scope pinned to `$n`)."""
+    return any(
+        value.param is not None
+        for columns in analysis.scope.pinned.values()
+        for value in columns.values()
+    )
 
 
 def _text_params(bind: codec.Bind) -> tuple[str | None, ...]:

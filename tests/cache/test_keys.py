@@ -19,6 +19,8 @@ from cache.keys import (
     entry_digest,
     read_generations,
     settings_digest,
+    unit_digest,
+    unit_prefix,
     write_generations,
 )
 
@@ -477,3 +479,35 @@ def test_other_database_is_untouched() -> None:
     reads = set(read_generations(NS, ["agents"], {}))
     bumps = set(write_generations(other, "agents", None, ORG))
     assert not reads & bumps
+
+
+def _bind_values(*params: bytes | None, formats: tuple[int, ...] = ()) -> bytes:
+    """The part of a Bind payload after its two names, encoded as a client would."""
+    out = len(formats).to_bytes(2, "big") + b"".join(f.to_bytes(2, "big") for f in formats)
+    out += len(params).to_bytes(2, "big")
+    for value in params:
+        out += b"\xff\xff\xff\xff" if value is None else len(value).to_bytes(4, "big") + value
+    return out + b"\x00\x00"
+
+
+def test_unit_digest_names_exactly_the_bound_values() -> None:
+    prefix = unit_prefix(b"settings", b"E", "SELECT $1, $2", (25, 25))
+    digest = unit_digest(prefix, _bind_values(b"ab", b"c"))
+    assert unit_digest(prefix, _bind_values(b"ab", b"c")) == digest  # the prefix is not used up
+    different = {
+        unit_digest(prefix, _bind_values(b"a", b"bc")),  # the same bytes, split elsewhere
+        unit_digest(prefix, _bind_values(b"ab", None)),
+        unit_digest(prefix, _bind_values(b"ab", b"")),
+        unit_digest(prefix, _bind_values(b"ab", b"c", formats=(1,))),
+        unit_digest(unit_prefix(b"settings2", b"E", "SELECT $1, $2", (25, 25)),
+                    _bind_values(b"ab", b"c")),
+        unit_digest(unit_prefix(b"settings", b"ET", "SELECT $1, $2", (25, 25)),
+                    _bind_values(b"ab", b"c")),
+        unit_digest(unit_prefix(b"settings", b"E", "SELECT $1, $2", (25, 23)),
+                    _bind_values(b"ab", b"c")),
+        unit_digest(unit_prefix(b"settings", b"E", "SELECT $1,  $2", (25, 25)),
+                    _bind_values(b"ab", b"c")),
+    }
+    assert digest not in different and len(different) == 8
+    # Never the digest of the simple-protocol form of any text.
+    assert digest != entry_digest(b"settings", b"E", "SELECT $1, $2", (25, 25))
