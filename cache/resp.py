@@ -72,6 +72,7 @@ class RespClient:
         self._connecting: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []  # commands to write at the end of this loop iteration
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, *args: bytes | str | int) -> Any:
         """Send one command; its reply (a `hiredis.ReplyError` for an error reply)."""
@@ -93,12 +94,15 @@ class RespClient:
 
     def _queue(self, waiter: asyncio.Future[Any] | Callback, args: tuple[Any, ...]) -> None:
         self.waiters.append((waiter, time.monotonic()))
+        # (the connection's loop: `get_running_loop()` costs a getpid() system call)
+        loop = self._loop
+        assert loop is not None
         # Commands of every session in this loop iteration go out in one write (one syscall).
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(hiredis.pack_command(args))
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(self.op_timeout, self._check)
+            self._watchdog = loop.call_later(self.op_timeout, self._check)
 
     async def _connect(self) -> asyncio.Transport:
         if self._connecting is None:
@@ -124,6 +128,7 @@ class RespClient:
                 lambda: _Protocol(self), self.host, self.port
             )
         self._transport = transport
+        self._loop = loop
         if self.db:
             future: asyncio.Future[Any] = loop.create_future()
             self.waiters.append((future, time.monotonic()))
