@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -140,9 +141,22 @@ def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
     return CacheService(config, backend, stats, latency)
 
 
+# Subcommands: the first argument names a tool module with `main(argv) -> int`.
+TOOLS = {
+    "check-config": "proxy.tools.check_config",
+    "events": "proxy.tools.events",
+    "stats": "proxy.tools.stats",
+    "cache": "proxy.tools.cache",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        tool: Any = importlib.import_module(TOOLS[argv[0]])
+        return int(tool.main(argv[1:]))
     try:
-        config = config_from_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        config = config_from_args(argv, dict(os.environ))
     except ConfigError as exc:
         print(f"pgreactive: {exc}", file=sys.stderr)
         return EXIT_CONFIG

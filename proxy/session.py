@@ -103,6 +103,10 @@ _DESCRIBE = Request.DESCRIBE
 _EXECUTE_REQUEST = Request.EXECUTE
 _QUERY = Request.QUERY
 _UNNAMED_PORTAL_DESCRIBE = Pending(Request.DESCRIBE, "", "", "P")  # shared, like the Execute
+# Describe portal "", Execute portal "" without a row limit, Sync.
+_THEN_RUN_UNNAMED = (
+    b"D\x00\x00\x00\x06P\x00" b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" b"S\x00\x00\x00\x04"
+)
 # Decoded backend messages whose payload the relay never reads (the tracker needs the tag).
 _PAYLOAD_UNREAD = frozenset(
     int(t)
@@ -331,7 +335,8 @@ class ClientSession(asyncio.Protocol):
         push = tracker.push
         # Outside error-skipping and COPY, recording is a plain append (`push` never
         # starts either state, so this holds for the whole chunk).
-        append = tracker.pending.append if not (tracker.skipping or tracker.copy_in) else push
+        plain = not (tracker.skipping or tracker.copy_in)
+        append = tracker.pending.append if plain else push
         reader = self.reader
         quick_limit = reader.quick_limit
         n = len(data)
@@ -346,7 +351,18 @@ class ClientSession(asyncio.Protocol):
                 break
             if tag == _F_BIND:
                 portal, statement = decode_bind_names(data, pos + 5, end)
-                append(Pending(_BIND, portal, "", "", (), statement))
+                bind = Pending(_BIND, portal, "", "", (), statement)
+                if plain and not portal and data.endswith(_THEN_RUN_UNNAMED) and (
+                    end + len(_THEN_RUN_UNNAMED) == n
+                ):
+                    # libpq's PQsendQueryPrepared: Bind, then exactly Describe, Execute and
+                    # Sync of the unnamed portal, every entry known without a look.
+                    tracker.pending.extend(
+                        (bind, _UNNAMED_PORTAL_DESCRIBE, _UNNAMED_EXECUTE, SYNC_ENTRY)
+                    )
+                    pos = n
+                    break
+                append(bind)
             elif tag == _EXECUTE and length == 9 and data[pos + 5] == 0:
                 append(_UNNAMED_EXECUTE)
             elif tag == _F_DESCRIBE and length == 6 and data[pos + 5 : end] == b"P\x00":
