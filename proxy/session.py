@@ -161,6 +161,7 @@ class ClientSession(asyncio.Protocol):
         self._paused_client: set[str] = set()
         self.cache: SessionCache | None = None
         self.invalidating = False  # a commit waits for its invalidation (upstream paused)
+        self._binds: dict[bytes, Pending] = {}  # relay-only: shared Bind entries by names
         if server.cache is not None:
             from proxy.caching import SessionCache
 
@@ -336,6 +337,7 @@ class ClientSession(asyncio.Protocol):
         # Outside error-skipping and COPY, recording is a plain append (`push` never
         # starts either state, so this holds for the whole chunk).
         plain = not (tracker.skipping or tracker.copy_in)
+        binds = self._binds
         append = tracker.pending.append if plain else push
         reader = self.reader
         quick_limit = reader.quick_limit
@@ -350,8 +352,18 @@ class ClientSession(asyncio.Protocol):
             if end > n:
                 break
             if tag == _F_BIND:
-                portal, statement = decode_bind_names(data, pos + 5, end)
-                bind = Pending(_BIND, portal, "", "", (), statement)
+                # Relay entries are never changed: one per (portal, statement) names.
+                first = data.find(b"\x00", pos + 5, end)
+                second = data.find(b"\x00", first + 1, end) if first >= 0 else -1
+                names = data[pos + 5 : second]
+                bind = binds.get(names) if second >= 0 else None
+                if bind is None:  # (a malformed Bind raises here)
+                    portal, statement = decode_bind_names(data, pos + 5, end)
+                    bind = Pending(_BIND, portal, "", "", (), statement)
+                    if len(binds) < 64:
+                        binds[names] = bind
+                else:
+                    portal = bind.name
                 if plain and not portal and data.endswith(_THEN_RUN_UNNAMED) and (
                     end + len(_THEN_RUN_UNNAMED) == n
                 ):

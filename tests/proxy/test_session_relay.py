@@ -139,7 +139,8 @@ def test_relay_agrees_with_tracker_cut_anywhere(name: str) -> None:
 
 
 def test_shared_entries_are_never_changed() -> None:
-    """Relay-only sessions share the entries of the unnamed Execute/Describe and Sync."""
+    """Relay-only sessions share the entries of Bind, the unnamed Execute/Describe and Sync:
+    nothing may change them."""
     session, _, _ = _session()
     for _ in range(2):
         for frontend, backend in recorded.ASYNCPG_ROUNDS:
@@ -147,6 +148,12 @@ def test_shared_entries_are_never_changed() -> None:
             session.upstream_data(backend)
     from proxy import session as module
 
-    for shared in (module._UNNAMED_EXECUTE, module._UNNAMED_PORTAL_DESCRIBE, module.SYNC_ENTRY):
+    assert session._binds  # the Bind entries are shared too
+    shared_entries = [module._UNNAMED_EXECUTE, module._UNNAMED_PORTAL_DESCRIBE, module.SYNC_ENTRY]
+    for bind in session._binds.values():
+        assert bind.statement == "__asyncpg_stmt_1__"
+        bind.statement = ""  # (so the checks below apply to it unchanged)
+        shared_entries.append(bind)
+    for shared in shared_entries:
         assert (shared.name, shared.sql, shared.statement, shared.hidden) == ("", "", "", False)
         assert shared.capture is None and shared.analysis is None and shared.params == ()
