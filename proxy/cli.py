@@ -2,6 +2,10 @@
 
 Precedence, lowest first: defaults, the config file, `PGREACTIVE_*` environment variables,
 flags.  A bad flag or config value prints one line naming the key and exits with code 2.
+
+SIGHUP re-reads the file (the environment and flags still win over it) and applies what may
+change while clients stay connected (`proxy.config.RELOADABLE`); a changed key that needs a
+restart is logged as a warning, and a bad file is logged as one error line and ignored.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Config, ConfigError, load
+from proxy.config import Config, ConfigError, load, plan_reload
+
+if TYPE_CHECKING:
+    from cache.service import CacheService
+    from proxy.server import Server
 
 EXIT_CONFIG = 2
+log = logging.getLogger("pgreactive")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,12 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="relay only, never cache")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-format", metavar="FORMAT", help="text, or json: one object per line")
     return p
 
 
 def config_from_args(argv: list[str], environ: dict[str, str]) -> Config:
     """Parse flags and build the configuration (raises ConfigError)."""
-    args = _parser().parse_args(argv)
+    return _config(_parser().parse_args(argv), environ)
+
+
+def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
+    """The configuration for parsed flags: read the file, merge environment and flags."""
     text = None
     if args.config:
         try:
@@ -58,6 +74,7 @@ def config_from_args(argv: list[str], environ: dict[str, str]) -> Config:
         ("redis", "redis.url"),
         ("metrics", "metrics.listen"),
         ("log_level", "log.level"),
+        ("log_format", "log.format"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -67,21 +84,53 @@ def config_from_args(argv: list[str], environ: dict[str, str]) -> Config:
     return load(text, environ, overrides)
 
 
-class _JsonFormatter(logging.Formatter):
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC), level, logger, msg, conn (the connection id, for
+    a message about one connection), exc (a traceback, kept on the same line)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+        entry: dict[str, object] = {
+            "ts": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        conn = connection_id(record)
+        if conn is not None:
+            entry["conn"] = conn
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+def connection_id(record: logging.LogRecord) -> int | None:
+    """The connection a log record is about: ``extra={"conn": N}``, or the first argument
+    of a message that starts ``conn=%d`` (as every per-connection message does), read
+    without formatting anything."""
+    conn = getattr(record, "conn", None)
+    if isinstance(conn, int):
+        return conn
+    args = record.args
+    if (
+        isinstance(record.msg, str)
+        and record.msg.startswith("conn=%d")
+        and isinstance(args, tuple)
+        and args
+        and isinstance(args[0], int)
+    ):
+        return args[0]
+    return None
 
 
 def setup_logging(config: Config) -> None:
+    """Send log records to stderr in the configured format and level (again on reload)."""
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -89,8 +138,44 @@ def setup_logging(config: Config) -> None:
     root.setLevel(config.log_level)
 
 
-async def serve(config: Config) -> None:
-    """Run the proxy until SIGTERM/SIGINT, then shut down gracefully."""
+class Reloader:
+    """SIGHUP: load the configuration again (same file, environment and flags) and apply
+    what may change without dropping a connection; a bad file changes nothing."""
+
+    def __init__(
+        self,
+        running: Config,
+        reread: Callable[[], Config],
+        server: Server,
+        cache: CacheService | None,
+    ) -> None:
+        self.running = running
+        self.reread = reread
+        self.server = server
+        self.cache = cache
+
+    def __call__(self) -> None:
+        try:
+            loaded = self.reread()
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the running configuration: %s", exc)
+            return
+        plan = plan_reload(self.running, loaded)
+        self.running = plan.config
+        if {"log.level", "log.format"} & set(plan.applied):
+            setup_logging(plan.config)
+        self.server.config = plan.config
+        if self.cache is not None:
+            self.cache.reload(plan.config)
+        for key in plan.restart:
+            log.warning("config reload: %s changed, but that needs a restart; not applied", key)
+        changed = f"changed {', '.join(plan.applied)}" if plan.applied else "no changes"
+        log.info("config reloaded: %s", changed)
+
+
+async def serve(config: Config, reread: Callable[[], Config] | None = None) -> None:
+    """Run the proxy until SIGTERM/SIGINT, then shut down gracefully; on SIGHUP, reload
+    the configuration from `reread` (when given)."""
     from proxy.http import HttpEndpoints
     from proxy.metrics import Latency, Stats, StatsCollector
     from proxy.server import Server
@@ -102,6 +187,12 @@ async def serve(config: Config) -> None:
         cache = _cache_service(config, stats, Latency(registry))
         await cache.start()
     server = Server(config, cache, stats)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if reread is not None:  # before listening: an early SIGHUP must not end the process
+        loop.add_signal_handler(signal.SIGHUP, Reloader(config, reread, server, cache))
     await server.start()
     http = None
     if config.metrics is not None:
@@ -110,10 +201,6 @@ async def serve(config: Config) -> None:
         )
         http = HttpEndpoints(config, registry, cache)
         await http.start()
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     if http is not None:
         http.close()
@@ -155,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in TOOLS:
         tool: Any = importlib.import_module(TOOLS[argv[0]])
         return int(tool.main(argv[1:]))
+    args = _parser().parse_args(argv)
     try:
-        config = config_from_args(argv, dict(os.environ))
+        config = _config(args, dict(os.environ))
     except ConfigError as exc:
         print(f"pgreactive: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -164,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, lambda: _config(args, dict(os.environ))))
     return 0
 
 

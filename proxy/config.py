@@ -4,7 +4,12 @@ Theory of operation.  `load()` merges, in rising precedence, the built-in defaul
 file, the environment and the flags into one plain mapping, then `build()` validates it into
 frozen dataclasses.  Validation is strict: an unknown key or a value of the wrong type raises
 `ConfigError` whose message names the key (``cache.default_ttl: expected an integer ≥ 0,
-got 'ten'``); the command line prints that one line and exits with code 2.
+got 'ten'``); the command line prints that one line and exits with code 2.  YAML that
+gives one key twice is refused too (YAML itself would silently keep the last).
+
+`settings()` walks the dataclasses to list every setting under its dotted key in the file:
+`config.example.yaml` is checked against it, and `plan_reload()` (SIGHUP) compares with it
+to tell which changed keys apply at once and which need a restart.
 
 Pure: reads only the text and mappings it is given (the caller reads the file and passes
 `os.environ`).
@@ -12,8 +17,9 @@ Pure: reads only the text and mappings it is given (the caller reads the file an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -129,7 +135,7 @@ def load(
     raw: dict[str, Any] = {}
     if text is not None:
         try:
-            parsed = yaml.safe_load(text)
+            parsed = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -139,10 +145,27 @@ def load(
         raw = parsed or {}
     for variable, key in ENVIRONMENT.items():
         if variable in environ:
-            _set(raw, key, _env_value(environ[variable]))
+            _override(raw, key, _env_value(environ[variable]))
     for key, value in overrides.items():
-        _set(raw, key, value)
+        _override(raw, key, value)
     return build(raw)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the
+    last one, so a second `cache:` section would silently undo the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{key}: given twice in one mapping (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _env_value(text: str) -> Any:
@@ -152,16 +175,31 @@ def _env_value(text: str) -> Any:
     return text
 
 
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+# A setting from the environment or a flag that replaces others a lower layer gave: an
+# upstream URL names host and port, so a `host` or `port` from the file must not win over it.
+_SUPERSEDES = {"upstream.url": ("host", "port")}
+
+
+def _override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = _set(raw, dotted, value)
+    for name in _SUPERSEDES.get(dotted, ()):
+        node.pop(name, None)
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Set a dotted key; returns the mapping that holds its last part."""
     parts = dotted.split(".")
     node = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], 1):
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[:depth])
+            raise ConfigError(f"{where}: expected a mapping, got {_show(child)}")
         node = child
     node[parts[-1]] = value
+    return node
 
 
 # --- validation ------------------------------------------------------------------------
@@ -224,15 +262,17 @@ def _int(key: str, value: Any, minimum: int = 0) -> int:
     return number
 
 
-def _float(key: str, value: Any) -> float:
+def _float(key: str, value: Any, *, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 when `positive`: a timeout of 0 would always expire)."""
+    wanted = f"a number {'>' if positive else '>='} 0"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{key}: expected a number >= 0, got {_show(value)}")
+        raise ConfigError(f"{key}: expected {wanted}, got {_show(value)}")
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"{key}: expected a number >= 0, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{key}: expected a number >= 0, got {number}")
+        raise ConfigError(f"{key}: expected {wanted}, got {value!r}") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ConfigError(f"{key}: expected {wanted}, got {number}")
     return number
 
 
@@ -249,9 +289,28 @@ def _str(key: str, value: Any) -> str:
 
 
 def _str_list(key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key}: expected a list of strings, got {_show(value)}")
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: expected a list of non-empty strings, got {_show(value)}")
     return tuple(value)
+
+
+def _table(key: str, name: Any) -> str:
+    """A table name as the planner matches it: bare (it matches that name in every schema,
+    so `public.users` could never match anything)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{key}: expected a table name, got {_show(name)}")
+    if "." in name:
+        raise ConfigError(
+            f"{key}: expected a bare table name (it applies in every schema), got {name!r}"
+        )
+    return name
+
+
+def _optional(raw: Mapping[str, Any], name: str, empty: Any) -> Any:
+    """`raw[name]`, with an absent or null value (`exclude:` with nothing after it) as
+    `empty`; any other value is returned as given, for its parser to check."""
+    value = raw.get(name)
+    return empty if value is None else value
 
 
 def parse_address(key: str, value: Any) -> Address:
@@ -284,7 +343,7 @@ def _upstream(value: Any) -> UpstreamConfig:
         port = _port("upstream.port", raw["port"])
     timeout = d.connect_timeout
     if "connect_timeout" in raw:
-        timeout = _float("upstream.connect_timeout", raw["connect_timeout"])
+        timeout = _float("upstream.connect_timeout", raw["connect_timeout"], positive=True)
     return UpstreamConfig(host, port, timeout)
 
 
@@ -307,9 +366,7 @@ def _upstream_url(value: Any) -> tuple[str, int]:
 def _redis(value: Any) -> tuple[str | None, float]:
     raw = _mapping("redis", value)
     _no_unknown("redis.", raw, {"url": 0, "timeout": 0})
-    timeout = _float("redis.timeout", raw.get("timeout", Config().redis_timeout))
-    if timeout <= 0:
-        raise ConfigError(f"redis.timeout: expected a number > 0, got {timeout}")
+    timeout = _float("redis.timeout", raw.get("timeout", Config().redis_timeout), positive=True)
     url = raw.get("url")
     if url is None or url == "":
         return None, timeout
@@ -324,15 +381,16 @@ def _cache(value: Any) -> CacheConfig:
     keys = ("enabled", "default_ttl", "max_result_bytes", "ttl", "exclude", "scope_columns")
     _no_unknown("cache.", raw, dict.fromkeys(keys))
     d = CacheConfig()
-    ttl = _mapping("cache.ttl", raw.get("ttl") or {})
+    ttl = _mapping("cache.ttl", _optional(raw, "ttl", {}))
+    exclude = _str_list("cache.exclude", _optional(raw, "exclude", []))
     return CacheConfig(
         enabled=_bool("cache.enabled", raw.get("enabled", d.enabled)),
         default_ttl=_int("cache.default_ttl", raw.get("default_ttl", d.default_ttl), 1),
         max_result_bytes=_int(
             "cache.max_result_bytes", raw.get("max_result_bytes", d.max_result_bytes)
         ),
-        ttl={str(t): _int(f"cache.ttl.{t}", s, 1) for t, s in ttl.items()},
-        exclude=_str_list("cache.exclude", raw.get("exclude") or []),
+        ttl={_table("cache.ttl", t): _int(f"cache.ttl.{t}", s, 1) for t, s in ttl.items()},
+        exclude=tuple(_table("cache.exclude", t) for t in exclude),
         scope_columns=_str_list(
             "cache.scope_columns", raw.get("scope_columns", list(d.scope_columns))
         ),
@@ -340,15 +398,17 @@ def _cache(value: Any) -> CacheConfig:
 
 
 def _relations(value: Any) -> Mapping[str, tuple[str, ...]]:
+    """``TABLE: [TABLE.COLUMN, ...]``: a write to TABLE also invalidates reads of each listed
+    table (``SCHEMA.TABLE.COLUMN`` is accepted; the schema is ignored, as everywhere)."""
     raw = _mapping("relations", value)
     out: dict[str, tuple[str, ...]] = {}
     for table, targets in raw.items():
-        key = f"relations.{table}"
+        key = f"relations.{_table('relations', table)}"
         items = _str_list(key, targets)
         for item in items:
             if item.count(".") < 1 or not all(item.split(".")):
                 raise ConfigError(f"{key}: expected TABLE.COLUMN entries, got {item!r}")
-        out[str(table)] = items
+        out[table] = items
     return out
 
 
@@ -357,8 +417,8 @@ def _catalog(value: Any) -> CatalogConfig:
     _no_unknown("catalog.", raw, dict.fromkeys(("user", "password", "max_age")))
     d = CatalogConfig()
     return CatalogConfig(
-        user=_str("catalog.user", raw.get("user", d.user) or ""),
-        password=_str("catalog.password", raw.get("password", d.password) or ""),
+        user=_str("catalog.user", _optional(raw, "user", d.user)),
+        password=_str("catalog.password", _optional(raw, "password", d.password)),
         max_age=_float("catalog.max_age", raw.get("max_age", d.max_age)),
     )
 
@@ -368,8 +428,11 @@ def _events(value: Any) -> EventsConfig:
     keys = ("channel", "stream_maxlen", "requires_ack", "source")
     _no_unknown("events.", raw, dict.fromkeys(keys))
     d = EventsConfig()
+    channel = _str("events.channel", raw.get("channel", d.channel))
+    if not channel:
+        raise ConfigError("events.channel: expected a channel name, got ''")
     return EventsConfig(
-        channel=_str("events.channel", raw.get("channel", d.channel)),
+        channel=channel,
         stream_maxlen=_int("events.stream_maxlen", raw.get("stream_maxlen", d.stream_maxlen), 1),
         requires_ack=_bool("events.requires_ack", raw.get("requires_ack", d.requires_ack)),
         source=_str("events.source", raw.get("source", d.source)),
@@ -408,3 +471,95 @@ def _limits(value: Any) -> LimitsConfig:
             raw.get("shutdown_grace_seconds", d.shutdown_grace_seconds),
         ),
     )
+
+
+# --- the schema, and reloading ---------------------------------------------------------
+
+# `Config` fields whose dotted key in the file differs from their path in the dataclasses
+# (host and port are both given by `upstream.url`, as the environment and flags give them).
+_FILE_KEYS = {
+    "upstream.host": "upstream.url",
+    "upstream.port": "upstream.url",
+    "redis_url": "redis.url",
+    "redis_timeout": "redis.timeout",
+    "metrics": "metrics.listen",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+
+# What SIGHUP applies to a running proxy (paths in `Config`): settings read afresh for each
+# statement or log line.  Everything else was used to open sockets, connections or Redis
+# clients at start-up and needs a restart.  So do `cache.scope_columns`: they decide which
+# generation counters a read depends on and a write bumps, so entries filled under the old
+# columns would not be reached by writes planned under the new ones (and instances sharing
+# a Redis must agree on them); the analyzer's options are also built from them once.
+RELOADABLE = (
+    "cache.default_ttl",
+    "cache.ttl",
+    "cache.exclude",
+    "cache.max_result_bytes",
+    "relations",
+    "log_level",
+    "log_format",
+)
+
+
+def settings(config: Config) -> dict[str, tuple[Any, ...]]:
+    """Every value of `config` under its dotted key in the file, found by walking the
+    dataclasses, so a new field is a new key that the example file and reloads must cover.
+    (A tuple per key: `upstream.url` holds the host and the port.)"""
+    out: dict[str, tuple[Any, ...]] = {}
+    for path, value in _leaves(config, ""):
+        key = _FILE_KEYS.get(path, path)
+        out[key] = (*out.get(key, ()), value)
+    return out
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    for f in fields(node):
+        value = getattr(node, f.name)
+        path = prefix + f.name
+        if is_dataclass(value) and not isinstance(value, Address):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a reload does: the configuration to run with from now on (the running one with
+    the reloadable settings of the new one), the keys that changed and are applied, and the
+    keys that changed but need a restart."""
+
+    config: Config
+    applied: tuple[str, ...]
+    restart: tuple[str, ...]
+
+
+def plan_reload(running: Config, loaded: Config) -> Reload:
+    """Compare a freshly loaded configuration with the running one (SIGHUP)."""
+    config = running
+    for path in RELOADABLE:
+        config = _with(config, path.split("."), _get(loaded, path))
+    before, after = settings(running), settings(loaded)
+    changed = [key for key, value in after.items() if value != before[key]]
+    live = {_FILE_KEYS.get(path, path) for path in RELOADABLE}
+    return Reload(
+        config,
+        tuple(key for key in changed if key in live),
+        tuple(key for key in changed if key not in live),
+    )
+
+
+def _get(node: Any, path: str) -> Any:
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _with(node: Any, parts: list[str], value: Any) -> Any:
+    """A copy of the (frozen) dataclass `node` with the field at `parts` set to `value`."""
+    head = parts[0]
+    if len(parts) > 1:
+        value = _with(getattr(node, head), parts[1:], value)
+    return replace(node, **{head: value})

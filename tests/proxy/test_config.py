@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.config import Address, Config, ConfigError, load
+from proxy.cli import JsonFormatter
+from proxy.config import Address, Config, ConfigError, load, plan_reload
+from proxy.tools.check_config import check
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_example_file_states_the_defaults() -> None:
-    """config.example.yaml documents every default: loading it changes nothing."""
-    assert load((ROOT / "config.example.yaml").read_text(), {}, {}) == Config()
+# (config.example.yaml is checked against the schema in test_config_example.py.)
 
 
 def test_empty_file_gives_defaults() -> None:
@@ -82,6 +81,49 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("log: {format: xml}", "log.format", id="log-format"),
         pytest.param("limits: {max_message_bytes: 1}", "limits.max_message_bytes", id="tiny-limit"),
         pytest.param("cache: [1, 2]", "cache", id="list-for-mapping"),
+        pytest.param("cache: {ttl: {users: soon}}", "cache.ttl.users", id="ttl-not-a-number"),
+        pytest.param("cache: {ttl: {users: 1.5}}", "cache.ttl.users", id="ttl-fraction"),
+        pytest.param("cache: {ttl: {users: [5]}}", "cache.ttl.users", id="ttl-list"),
+        pytest.param("cache: {ttl: [users]}", "cache.ttl", id="ttl-list-for-mapping"),
+        pytest.param("cache: {ttl: 0}", "cache.ttl", id="ttl-falsy-scalar"),
+        pytest.param("cache: {ttl: {public.users: 5}}", "cache.ttl", id="ttl-qualified"),
+        pytest.param("cache: {ttl: {1: 5}}", "cache.ttl", id="ttl-number-as-table"),
+        pytest.param("cache: {exclude: ''}", "cache.exclude", id="exclude-empty-string"),
+        pytest.param("cache: {exclude: [s.audit]}", "cache.exclude", id="exclude-qualified"),
+        pytest.param("cache: {exclude: [1]}", "cache.exclude", id="exclude-number"),
+        pytest.param("cache: {scope_columns: ['']}", "cache.scope_columns", id="scope-empty"),
+        pytest.param("cache: {scope_columns: }", "cache.scope_columns", id="scope-null"),
+        pytest.param("cache: {max_result_bytes: -1}", "cache.max_result_bytes", id="negative"),
+        pytest.param("relations: [agents]", "relations", id="relations-list"),
+        pytest.param("relations: {agents: m.a}", "relations.agents", id="relation-string"),
+        pytest.param("relations: {agents: [m.]}", "relations.agents", id="relation-no-col"),
+        pytest.param("relations: {agents: [.a]}", "relations.agents", id="relation-no-table"),
+        pytest.param("relations: {agents: [3]}", "relations.agents", id="relation-number"),
+        pytest.param("relations: {s.agents: [m.a]}", "relations", id="relation-qualified"),
+        pytest.param("limits: {max_message_bytes: big}", "limits.max_message_bytes", id="lim"),
+        pytest.param(
+            "limits: {shutdown_grace_seconds: -1}", "limits.shutdown_grace_seconds", id="grace"
+        ),
+        pytest.param(
+            "limits: {shutdown_grace_seconds: .inf}", "limits.shutdown_grace_seconds", id="inf"
+        ),
+        pytest.param("limits: 10", "limits", id="limits-scalar"),
+        pytest.param("upstream: {connect_timeout: 0}", "upstream.connect_timeout", id="t0"),
+        pytest.param("upstream: {connect_timeout: .nan}", "upstream.connect_timeout", id="nan"),
+        pytest.param("upstream: {port: 0}", "upstream.port", id="upstream-port-0"),
+        pytest.param("redis: {timeout: 0}", "redis.timeout", id="redis-timeout-0"),
+        pytest.param("redis: {url: 6379}", "redis.url", id="redis-url-number"),
+        pytest.param("catalog: {user: 0}", "catalog.user", id="catalog-user-number"),
+        pytest.param("catalog: {password: false}", "catalog.password", id="password-bool"),
+        pytest.param("catalog: {max_age: -5}", "catalog.max_age", id="catalog-max-age"),
+        pytest.param("events: {channel: ''}", "events.channel", id="empty-channel"),
+        pytest.param("events: {stream_maxlen: 0}", "events.stream_maxlen", id="stream-0"),
+        pytest.param("events: {requires_ack: 1}", "events.requires_ack", id="ack-number"),
+        pytest.param("metrics: '127.0.0.1:9187'", "metrics", id="metrics-string"),
+        pytest.param("metrics: {listen: 9187}", "metrics.listen", id="metrics-port-only"),
+        pytest.param("log: {level: 3}", "log.level", id="log-level-number"),
+        pytest.param("cache: {default_ttl: 5}\ncache: {enabled: true}", "cache", id="twice"),
+        pytest.param("cache:\n  ttl: {a: 1, a: 2}\n", "a", id="twice-nested"),
     ],
 )
 def test_bad_values_name_their_key(text: str, key: str) -> None:
@@ -90,6 +132,41 @@ def test_bad_values_name_their_key(text: str, key: str) -> None:
     message = str(info.value)
     assert message.startswith(f"{key}:"), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "section", ["upstream", "redis", "cache", "catalog", "events", "metrics", "log", "limits"]
+)
+def test_unknown_keys_are_refused_in_every_section(section: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{section}\.nope: unknown key"):
+        load(f"{section}: {{nope: 1}}", {}, {})
+
+
+def test_null_values_mean_the_default() -> None:
+    """`exclude:` with nothing after it (YAML null) is an empty list, as is an empty section."""
+    text = "cache:\n  exclude:\n  ttl:\nrelations:\nlog:\ncatalog: {user: , password: }\n"
+    assert load(text, {}, {}) == Config()
+
+
+def test_environment_upstream_url_wins_over_host_and_port_in_the_file() -> None:
+    text = "upstream: {host: db, port: 5433}"
+    assert (load(text, {}, {}).upstream.host, load(text, {}, {}).upstream.port) == ("db", 5433)
+    env = {"PGREACTIVE_UPSTREAM": "postgresql://other:6000"}
+    upstream = load(text, env, {}).upstream
+    assert (upstream.host, upstream.port) == ("other", 6000)
+    flagged = load(text, {}, {"upstream.url": "postgresql://third:7000"}).upstream
+    assert (flagged.host, flagged.port) == ("third", 7000)
+
+
+def test_file_host_refines_file_url() -> None:
+    upstream = load("upstream: {url: 'postgresql://a:1', host: b}", {}, {}).upstream
+    assert (upstream.host, upstream.port) == ("b", 1)
+
+
+def test_environment_cannot_hide_a_bad_section_in_the_file() -> None:
+    """`upstream: 5` in the file is an error even when the environment sets upstream.url."""
+    with pytest.raises(ConfigError, match=r"^upstream: expected a mapping"):
+        load("upstream: 5", {"PGREACTIVE_UPSTREAM": "postgresql://h:1"}, {})
 
 
 def test_invalid_yaml_names_the_line() -> None:
@@ -125,9 +202,127 @@ def test_cli_bad_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
         pytest.param(["--bogus"], id="unknown-flag"),
         pytest.param(["--config", "/nonexistent/file.yaml"], id="missing-file"),
         pytest.param(["--log-level", "chatty"], id="bad-log-level"),
+        pytest.param(["--log-format", "xml"], id="bad-log-format"),
     ],
 )
 def test_cli_bad_flags_exit_2_with_one_line(args: list[str]) -> None:
     result = _run_cli(*args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_log_format_flag_wins_over_environment() -> None:
+    from proxy.cli import config_from_args
+
+    env = {"PGREACTIVE_LOG_FORMAT": "text"}
+    assert config_from_args(["--log-format", "json"], env).log_format == "json"
+    assert config_from_args([], env).log_format == "text"
+    assert config_from_args([], {"PGREACTIVE_LOG_FORMAT": "json"}).log_format == "json"
+
+
+# --- reload planning (SIGHUP) ----------------------------------------------------------
+
+BASE = """
+listen: 127.0.0.1:7000
+cache: {default_ttl: 60, ttl: {users: 300}, exclude: [audit], scope_columns: [org_id]}
+relations: {agents: [messages.agent_id]}
+log: {level: info}
+limits: {shutdown_grace_seconds: 10}
+"""
+
+
+def _reload(new_text: str) -> tuple[Config, Config, tuple[str, ...], tuple[str, ...]]:
+    running, loaded = load(BASE, {}, {}), load(new_text, {}, {})
+    plan = plan_reload(running, loaded)
+    return running, plan.config, plan.applied, plan.restart
+
+
+def test_reload_without_changes_applies_nothing() -> None:
+    running, config, applied, restart = _reload(BASE)
+    assert (applied, restart) == ((), ())
+    assert config == running
+
+
+def test_reload_applies_live_settings_and_keeps_the_rest() -> None:
+    new = (
+        BASE.replace("ttl: {users: 300}", "ttl: {users: 5}")
+        .replace("default_ttl: 60", "default_ttl: 7")
+        .replace("exclude: [audit]", "exclude: []")
+        .replace("[messages.agent_id]", "[memories.agent_id]")
+        .replace("level: info", "level: debug")
+        .replace("7000", "7001")
+        .replace("shutdown_grace_seconds: 10", "shutdown_grace_seconds: 1")
+        .replace("[org_id]", "[team_id]")
+    )
+    running, config, applied, restart = _reload(new)
+    assert applied == (
+        "cache.default_ttl", "cache.ttl", "cache.exclude", "relations", "log.level"
+    )
+    assert restart == ("listen", "cache.scope_columns", "limits.shutdown_grace_seconds")
+    cache = config.cache
+    assert (cache.default_ttl, cache.ttl, cache.exclude) == (7, {"users": 5}, ())
+    assert config.relations == {"agents": ("memories.agent_id",)}
+    assert config.log_level == "DEBUG"
+    # Not applied: still what is running.
+    assert config.listen == running.listen
+    assert config.cache.scope_columns == ("org_id",)
+    assert config.limits == running.limits
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        pytest.param("upstream: {host: elsewhere}", "upstream.url", id="upstream-host"),
+        pytest.param("redis: {url: 'redis://h:1/0'}", "redis.url", id="redis"),
+        pytest.param("metrics: {listen: '127.0.0.1:9'}", "metrics.listen", id="metrics"),
+        pytest.param("catalog: {password: secret}", "catalog.password", id="catalog-password"),
+        pytest.param("events: {channel: other}", "events.channel", id="events"),
+    ],
+)
+def test_reload_reports_keys_that_need_a_restart(extra: str, key: str) -> None:
+    running, config, applied, restart = _reload(BASE + extra)
+    assert (applied, restart) == ((), (key,))
+    assert config == running
+
+
+# --- JSON log lines ---------------------------------------------------------------------
+
+
+def _json_line(msg: str, *args: object, **extra: object) -> dict[str, object]:
+    record = logging.LogRecord("pgreactive.session", logging.INFO, __file__, 1, msg, args, None)
+    record.__dict__.update(extra)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed: dict[str, object] = json.loads(line)
+    return parsed
+
+
+def test_json_log_line_carries_the_connection_id() -> None:
+    entry = _json_line("conn=%d open from %s", 42, "127.0.0.1:5000")
+    assert entry["conn"] == 42 and entry["msg"] == "conn=42 open from 127.0.0.1:5000"
+    assert entry["level"] == "INFO" and entry["logger"] == "pgreactive.session"
+    assert _json_line("listening on %s", "x").get("conn") is None
+    assert _json_line("cache paused", conn=7)["conn"] == 7
+
+
+def test_json_log_line_keeps_a_traceback_on_its_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        info = sys.exc_info()
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "conn=%d oops", (3,), info)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["conn"] == 3 and "ValueError: boom" in entry["exc"]
+
+
+# --- check-config (pure part; the command itself is run in tests/integration/test_reload.py)
+
+
+def test_check_blames_an_environment_variable(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("cache: {default_ttl: 5}\n")
+    assert check(str(good), {}) is None
+    problem = check(str(good), {"PGREACTIVE_LISTEN": "nowhere"})
+    assert problem is not None and problem.startswith("listen:")
+    assert problem.endswith("(from PGREACTIVE_LISTEN)")
+    assert check(str(tmp_path / "missing.yaml"), {}) == "cannot read: No such file or directory"
