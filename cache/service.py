@@ -38,6 +38,7 @@ from cache.pgclient import PgClient
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
 from proxy.config import Config
 from proxy.metrics import Latency, Stats
+from proxy.shapes import ShapeStats
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -60,6 +61,18 @@ class DatabaseContext:
     options: AnalyzerOptions
 
 
+def _policy(config: Config, scope_columns: tuple[str, ...], use_catalog: bool) -> CachePolicy:
+    cache = config.cache
+    return CachePolicy(
+        default_ttl=cache.default_ttl,
+        ttl=dict(cache.ttl),
+        exclude=frozenset(cache.exclude),
+        scope_columns=scope_columns,
+        relations=dict(config.relations),
+        use_catalog=use_catalog,
+    )
+
+
 def _view_check(definition: str, volatility: object) -> str | None:
     """A view is cacheable only if its own query is (now(), catalogs, ...)."""
     options = AnalyzerOptions(function_volatility=volatility)  # type: ignore[arg-type]
@@ -77,6 +90,7 @@ class CacheService:
         self.backend = backend
         self.stats = stats
         self.latency = latency or Latency(None)
+        self.shapes = ShapeStats()  # per-query-shape counters behind /stats
         catalog = config.catalog
         self.catalogs: CatalogCache | None = None
         if catalog.user:
@@ -85,14 +99,7 @@ class CacheService:
                 loader=self._load_catalog,
                 max_age=catalog.max_age or None,
             )
-        self.policy = CachePolicy(
-            default_ttl=config.cache.default_ttl,
-            ttl=dict(config.cache.ttl),
-            exclude=frozenset(config.cache.exclude),
-            scope_columns=tuple(config.cache.scope_columns),
-            relations=dict(config.relations),
-            use_catalog=self.catalogs is not None,
-        )
+        self.policy = _policy(config, tuple(config.cache.scope_columns), self.catalogs is not None)
         upstream = config.upstream
         self.upstream_id = f"{upstream.host}:{upstream.port}"
         self.source = config.events.source or f"{socket.gethostname()}:{config.listen.port}"
@@ -205,6 +212,15 @@ class CacheService:
             self._plans.clear()
         self._plans[memo_key] = (analysis, context.catalog, self.policy, context.namespace, plan)
         return plan
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: run with `config` from now on (the caller, `proxy.config.plan_reload`,
+        changes only settings that may change live: TTLs, exclusions, relations, result
+        size).  The policy is a new object, never a mutated one: `plan_read` reuses a plan
+        only for the very policy it was made with, so no plan of the old one survives.
+        Scope columns and catalog use stay as they were (they need a restart)."""
+        self.config = config
+        self.policy = _policy(config, self.policy.scope_columns, self.policy.use_catalog)
 
     # --- reads -----------------------------------------------------------------------
 

@@ -64,6 +64,7 @@ _EXTENDED = frozenset(b"PBDE")
 _CAPTURED = frozenset(b"TDC")
 _HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
 _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
+_UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
 
 
 @dataclass(slots=True)
@@ -331,10 +332,10 @@ class SessionCache:
             reason = self._eligible() or Bypass.REQUEST_SHAPE
             if reason is Bypass.REQUEST_SHAPE and not analysis.cacheable:
                 reason = str(analysis.reason)
-            self.service.stats.bypassed(reason)
+            self._bypassed(analysis, reason)
 
     def _plan(
-        self, analysis: StatementAnalysis, context: DatabaseContext, params: tuple[str | None, ...]
+        self, analysis: Analysis, context: DatabaseContext, params: tuple[str | None, ...]
     ) -> ReadPlan | None:
         reason = self._eligible()
         if reason is None:
@@ -342,8 +343,13 @@ class SessionCache:
             if isinstance(planned, ReadPlan):
                 return planned
             reason = planned
-        self.service.stats.bypassed(reason)
+        self._bypassed(analysis, reason)
         return None
+
+    def _bypassed(self, analysis: Analysis, reason: str) -> None:
+        """Count a read that was forwarded, in the metric and under its shape."""
+        self.service.stats.bypassed(reason)
+        self.service.shapes.bypassed(shape_name(analysis), analysis.sql, reason)
 
     # --- reads: extended segments --------------------------------------------------------
 
@@ -510,7 +516,7 @@ class SessionCache:
                 # read: neither serve nor fill on its strength until it is reloaded.
                 if not result.hit:
                     service.abandon(key)
-                service.stats.bypassed(Bypass.CATALOG_UNKNOWN)
+                self._bypassed(analysis, Bypass.CATALOG_UNKNOWN)
                 self._relay_read(messages, request, None)
                 done = True
                 return
@@ -520,18 +526,21 @@ class SessionCache:
             if body is not None:
                 self._answer(request, body)
                 service.stats.hits += 1
-                service.latency.hit(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                service.latency.hit(elapsed)
+                service.shapes.hit(shape_name(analysis), analysis.sql, elapsed)
             else:
                 capture = None
                 if isinstance(result, Lookup):
                     service.stats.misses += 1
+                    shape = analysis.query_name or analysis.fingerprint
+                    service.shapes.miss(shape or _UNPARSED, analysis.sql)
                     capture = Capture(
-                        key, plan, result.gens, session.database, analysis.query_name
-                        or analysis.fingerprint, started,
+                        key, plan, result.gens, session.database, shape, started,
                         service.config.cache.max_result_bytes,
                     )
                 else:
-                    service.stats.bypassed(Bypass.CACHE_UNAVAILABLE)
+                    self._bypassed(analysis, Bypass.CACHE_UNAVAILABLE)
                 self._relay_read(messages, request, capture)
             done = True
         except Exception:
@@ -622,7 +631,10 @@ class SessionCache:
                     capture.key, capture.plan.gen_keys, capture.gens, b"".join(capture.parts),
                     capture.plan.ttl_ms, capture.database, capture.plan.tables, capture.shape,
                 )
-                self.service.latency.miss(time.perf_counter() - capture.started)
+                elapsed = time.perf_counter() - capture.started
+                self.service.latency.miss(elapsed)
+                if capture.shape is not None:
+                    self.service.shapes.miss_latency(capture.shape, elapsed)
             else:
                 self.service.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)
@@ -755,6 +767,12 @@ class SessionCache:
             self._keys.clear()
             self._prefixes.clear()
         return self._digest[1]
+
+
+def shape_name(analysis: Analysis) -> str:
+    """What a read is counted under in `/stats`: its sqlcommenter name, else its
+    fingerprint (memoised by text; computed only here, on the cache path)."""
+    return analysis.query_name or analysis.fingerprint or _UNPARSED
 
 
 def _uses_params(analysis: StatementAnalysis) -> bool:

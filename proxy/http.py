@@ -1,7 +1,10 @@
-"""HTTP endpoints on the metrics address: /metrics, /healthz, /readyz.
+"""HTTP endpoints on the metrics address: /metrics, /healthz, /readyz, /stats.
 
 Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET only.
 `/readyz` answers 200 when a TCP connection to the upstream succeeds, else 503.
+`/stats` answers the per-query-shape counters (`proxy.shapes`) as JSON, most called first:
+``{"shapes": [{name, sql, calls, hits, misses, bypass, mean_latency_ms}, ...], "bound": N}``,
+or ``{"shapes": [], "cache": "off"}`` when the cache is off.
 """
 
 from __future__ import annotations
@@ -81,7 +84,14 @@ class HttpEndpoints:
             body = json.dumps({"upstream": upstream, "cache": cache}).encode()
             status = "200 OK" if upstream else "503 Service Unavailable"
             return status, "application/json", body + b"\n"
+        if path == "/stats":
+            return "200 OK", "application/json", self._stats() + b"\n"
         return "404 Not Found", "text/plain", b"not found\n"
+
+    def _stats(self) -> bytes:
+        if self.cache is None:
+            return json.dumps({"shapes": [], "cache": "off"}).encode()
+        return json.dumps(self.cache.shapes.document()).encode()
 
     async def _upstream_reachable(self) -> bool:
         upstream = self.config.upstream

@@ -1,0 +1,141 @@
+"""Per-query-shape statistics: the "why wasn't this cached?" view behind ``/stats``.
+
+Pure module: counters only, no event loop, no sockets.  Every session of a process bumps
+the one `ShapeStats` its `CacheService` holds (all on the event-loop thread, so no locks).
+
+A *shape* is what a read is known by in events too: the sqlcommenter name the application
+put in a comment when there is one (``/* name='agents.getAll' */``), else the statement's
+fingerprint (the same for texts differing only in their literal values).  Per shape it
+keeps the first SQL text seen (whitespace collapsed, at most `SQL_CHARS` characters), hits,
+misses, bypasses by reason (the reasons of the ``pgreactive_cache_queries_total`` metric)
+and the latency of hits and of misses whose response was timed (for the mean).  Calls are
+hits + misses + bypasses, summed when read rather than counted on the hot path.
+
+Bound: at most `BOUND` shapes (default 1,000) per process, so a flood of distinct shapes
+(or of names in comments) cannot grow memory.  A new shape arriving with the registry full
+first drops the least recently seen tenth, oldest first: one partial sort per hundred new
+shapes instead of a scan per shape, and a hit never reorders anything -- it only stamps a
+tick.  A shape's counters restart from zero if it comes back after being dropped.
+
+Hot path: a hit costs one dict lookup, one tick, two additions; no allocation except for
+a shape seen for the first time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from operator import attrgetter
+
+BOUND = 1000
+SQL_CHARS = 200
+_ELLIPSIS = "..."
+_SEEN = attrgetter("seen")
+
+
+class Shape:
+    """The counters of one query shape."""
+
+    __slots__ = ("bypass", "hits", "latency", "misses", "name", "seen", "sql", "timed_misses")
+
+    def __init__(self, name: str, sql: str) -> None:
+        self.name = name
+        self.sql = sql
+        self.hits = 0
+        self.misses = 0
+        self.timed_misses = 0  # misses whose latency was measured (the fill was stored)
+        self.latency = 0.0  # seconds, over the hits and the timed misses
+        self.bypass: dict[str, int] = {}
+        self.seen = 0  # the registry's tick when this shape was last counted
+
+    @property
+    def calls(self) -> int:
+        return self.hits + self.misses + sum(self.bypass.values())
+
+    def mean_latency_ms(self) -> float | None:
+        """Mean of the measured latencies, None before the first one."""
+        timed = self.hits + self.timed_misses
+        return round(self.latency * 1000 / timed, 3) if timed else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "sql": self.sql,
+            "calls": self.calls,
+            "hits": self.hits,
+            "misses": self.misses,
+            "bypass": {str(reason): n for reason, n in sorted(self.bypass.items())},
+            "mean_latency_ms": self.mean_latency_ms(),
+        }
+
+
+class ShapeStats:
+    """A bounded registry of `Shape` counters, keyed by shape name; see the module docstring."""
+
+    def __init__(self, bound: int = BOUND) -> None:
+        if bound < 1:
+            raise ValueError("the shape bound must be at least 1")
+        self.bound = bound
+        self._shapes: dict[str, Shape] = {}
+        self._tick = 0
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._shapes
+
+    def hit(self, name: str, sql: str, seconds: float) -> None:
+        """A read of `name` answered from the cache in `seconds`."""
+        shape = self._shapes.get(name) or self._add(name, sql)
+        self._tick = shape.seen = self._tick + 1
+        shape.hits += 1
+        shape.latency += seconds
+
+    def miss(self, name: str, sql: str) -> None:
+        """A read of `name` sent upstream to fill the cache (its latency comes later)."""
+        shape = self._shapes.get(name) or self._add(name, sql)
+        self._tick = shape.seen = self._tick + 1
+        shape.misses += 1
+
+    def miss_latency(self, name: str, seconds: float) -> None:
+        """A miss of `name` was answered and stored after `seconds` (nothing if the shape
+        was dropped meanwhile: a miss without its shape is not worth a new entry)."""
+        shape = self._shapes.get(name)
+        if shape is not None:
+            shape.timed_misses += 1
+            shape.latency += seconds
+
+    def bypassed(self, name: str, sql: str, reason: str) -> None:
+        """A read of `name` forwarded without the cache, for `reason`."""
+        shape = self._shapes.get(name) or self._add(name, sql)
+        self._tick = shape.seen = self._tick + 1
+        shape.bypass[reason] = shape.bypass.get(reason, 0) + 1
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Every shape as JSON-ready data, most called first (then by name)."""
+        shapes = sorted(self._shapes.values(), key=lambda s: (-s.calls, s.name))
+        return [shape.as_dict() for shape in shapes]
+
+    def document(self) -> dict[str, object]:
+        """The ``/stats`` reply body."""
+        return {"shapes": self.snapshot(), "bound": self.bound}
+
+    def _add(self, name: str, sql: str) -> Shape:
+        if len(self._shapes) >= self.bound:
+            self._evict()
+        shape = self._shapes[name] = Shape(name, excerpt(sql))
+        return shape
+
+    def _evict(self) -> None:
+        """Drop the least recently seen tenth (at least one shape)."""
+        count = max(1, self.bound // 10)
+        for shape in heapq.nsmallest(count, self._shapes.values(), key=_SEEN):
+            del self._shapes[shape.name]
+
+
+def excerpt(sql: str, limit: int = SQL_CHARS) -> str:
+    """`sql` on one line (whitespace runs collapsed), cut to at most `limit` characters."""
+    text = " ".join(sql.split())
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(_ELLIPSIS)] + _ELLIPSIS
