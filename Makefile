@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 LISTEN ?= 127.0.0.1:6543
 UPSTREAM ?= postgresql://127.0.0.1:5432
+METRICS ?= 127.0.0.1:9187
 
 .PHONY: run test lint install
 
@@ -17,7 +18,7 @@ install: $(VENV)/.installed
 
 run: install
 	PGREACTIVE_CATALOG_USER=$${PGREACTIVE_CATALOG_USER-postgres} \
-	  $(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) $(ARGS)
+	  $(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) --metrics $(METRICS) $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
