@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Config, ConfigError, load, plan_reload
+from proxy.config import Config, ConfigError, load, plan_reload, read_config_file
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -60,13 +60,7 @@ def config_from_args(argv: list[str], environ: dict[str, str]) -> Config:
 
 def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
     """The configuration for parsed flags: read the file, merge environment and flags."""
-    text = None
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(f"--config: cannot read {args.config}: {exc.strerror}") from None
+    text = read_config_file(args.config)
     overrides: dict[str, Any] = {}
     for flag, key in (
         ("listen", "listen"),

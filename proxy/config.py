@@ -126,6 +126,17 @@ ENVIRONMENT = {
 }
 
 
+def read_config_file(path: str | None) -> str | None:
+    """The text of the `--config` file (None without one); ConfigError if unreadable."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+
+
 def load(
     text: str | None,
     environ: Mapping[str, str],

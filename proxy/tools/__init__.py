@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from proxy.config import Config, ConfigError, load
+from proxy.config import Config, load, read_config_file
 
 EXIT_CONFIG = 2
 
@@ -38,13 +38,7 @@ def tool_parser(prog: str, description: str) -> ToolParser:
 def tool_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """The configuration the server would run with, for `args` of a `tool_parser`
     (raises ConfigError)."""
-    text = None
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(f"--config: cannot read {args.config}: {exc.strerror}") from None
+    text = read_config_file(args.config)
     overrides: dict[str, Any] = {}
     if args.redis is not None:
         overrides["redis.url"] = args.redis
