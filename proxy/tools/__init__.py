@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from proxy.config import Config, load, read_config_file
 
@@ -45,3 +46,11 @@ def tool_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
     if args.metrics is not None:
         overrides["metrics.listen"] = args.metrics
     return load(text, dict(os.environ) if environ is None else environ, overrides)
+
+
+def redacted(url: str) -> str:
+    """`url` without its user and password, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()

@@ -1,0 +1,294 @@
+"""``pgreactive events tail``: print the invalidation events, one JSON object per line.
+
+The proxy publishes every event on the Redis channel `events.channel` and appends the
+identical payload, which carries its own stream id as ``eventId``, to the Redis Stream of
+the same name (`cache.store.RedisBackend.publish`).  This tool subscribes to the channel and
+writes each payload unchanged to stdout, one per line, flushed at once so a pipe sees it.
+
+``--since ID`` replays what came after ID from the stream, then follows live.  The order
+closes the race between the two: subscribe first (live events now queue up in the
+subscription), then read the stream, then drop every live event whose ``eventId`` is not
+newer than the last one printed.  Stream ids increase, and the proxy's script XADDs and
+PUBLISHes in one atomic step, so the channel delivers events in id order: nothing is
+missed and nothing is printed twice.
+
+Exit codes: 0 on SIGINT or SIGTERM (or when the reader of stdout goes away), 1 with one
+line when Redis is not configured, cannot be reached, or is lost (that line names the last
+event printed, to resume with ``--since``), 2 for a bad flag or configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from cache.backend import parse_stream_id
+from cache.keys import bare
+from proxy.config import Config, ConfigError
+from proxy.tools import EXIT_CONFIG, ToolParser, redacted, tool_config, tool_parser
+
+PROG = "pgreactive events tail"
+EXIT_REDIS = 1
+_CONNECT_TIMEOUT = 5.0  # seconds to reach Redis (and for each replay command)
+_REPLAY_BATCH = 1000  # stream entries per XRANGE
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
+
+
+class RedisFailure(Exception):
+    """Redis could not be reached or was lost; the message is the one line to print."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to print: all of them, or those naming one of `tables` / `orgs`.
+
+    A whole-database invalidation (``"table": "*"``) reaches every table, so it passes a
+    table filter; ``organizationId`` must equal one of `orgs` exactly (an unscoped event
+    has null there and does not pass).
+    """
+
+    tables: frozenset[str] = frozenset()
+    orgs: frozenset[str] = frozenset()
+
+    def keeps(self, event: Mapping[str, Any]) -> bool:
+        if self.tables:
+            named = [event.get("table")]
+            listed = event.get("tables")
+            if isinstance(listed, list):
+                named += listed
+            if "*" not in named and not self.tables.intersection(named):
+                return False
+        return not self.orgs or event.get("organizationId") in self.orgs
+
+
+def newer(event_id: str, last: str | None) -> bool:
+    """Whether stream id `event_id` comes after `last` (always, when nothing was seen)."""
+    if last is None:
+        return True
+    try:
+        return parse_stream_id(event_id) > parse_stream_id(last)
+    except ValueError:
+        return True  # not an id of ours: nothing to deduplicate against
+
+
+def decode(payload: bytes) -> dict[str, Any] | None:
+    """The event object of a payload, or None when it is not a JSON object."""
+    try:
+        event = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class Printer:
+    """Writes events to stdout, one line each, flushed per line; remembers the last id."""
+
+    def __init__(self, keep: EventFilter, last: str | None, out: TextIO) -> None:
+        self.keep = keep
+        self.last = last  # the newest event id printed or skipped as replayed
+        self.out = out
+
+    def offer(self, payload: bytes, stream_id: str | None = None) -> None:
+        """Print `payload` unless it is old (already replayed) or filtered out.
+
+        `stream_id` is given for replayed entries; live ones carry it as ``eventId``.
+        """
+        event = decode(payload)
+        event_id = stream_id or (event or {}).get("eventId")
+        if isinstance(event_id, str):
+            if not newer(event_id, self.last):
+                return
+            self.last = event_id
+        if event is None:
+            print(f"{PROG}: skipped a payload that is not a JSON object", file=sys.stderr)
+        elif self.keep.keeps(event):
+            self.out.write(payload.decode() + "\n")
+            self.out.flush()
+
+
+async def _replay(client: Redis, channel: str, printer: Printer) -> int:
+    """Print what the stream holds after `printer.last`; the number of entries read."""
+    count = 0
+    while True:
+        assert printer.last is not None
+        entries: Any = await client.xrange(channel, min=f"({printer.last}", count=_REPLAY_BATCH)
+        for entry_id, fields in entries:
+            printer.offer(fields.get(b"event", b""), entry_id.decode("ascii"))  # sets .last
+            count += 1
+        if len(entries) < _REPLAY_BATCH:
+            return count
+
+
+async def _trimmed_after(client: Redis, channel: str, since: str) -> str | None:
+    """The stream's oldest entry, when events between `since` and it may have been trimmed
+    (the stream keeps about `events.stream_maxlen` entries); else None."""
+    try:
+        info: Any = await client.xinfo_stream(channel)
+    except RedisError:
+        return None  # no stream yet
+    first = info.get("first-entry")
+    added, length = info.get("entries-added"), info.get("length")
+    if not first or not isinstance(added, int) or not isinstance(length, int):
+        return None  # empty, or a Redis before 7.0 that does not count what it added
+    first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+    if added > length and newer(first_id, since):
+        return first_id
+    return None
+
+
+async def _subscribe(pubsub: Any, channel: str, where: str) -> None:
+    """Subscribe and wait for the confirmation: from then on every event reaches us."""
+    try:
+        await pubsub.subscribe(channel)
+        confirmed: Any = await pubsub.get_message(timeout=_CONNECT_TIMEOUT)
+    except (RedisError, OSError) as exc:
+        raise RedisFailure(f"cannot reach Redis at {where}: {exc}") from None
+    if confirmed is None or confirmed["type"] != "subscribe":
+        raise RedisFailure(f"Redis at {where} did not confirm the subscription: {confirmed}")
+    print(f"{PROG}: subscribed to {channel} on {where}", file=sys.stderr, flush=True)
+
+
+async def _catch_up(client: Redis, channel: str, since: str, printer: Printer) -> None:
+    """Print the stream's events after `since`, saying on stderr how many and what the
+    stream no longer had."""
+    oldest = await _trimmed_after(client, channel, since)
+    replayed = await _replay(client, channel, printer)
+    plural = "s" * (replayed != 1)
+    print(f"{PROG}: replayed {replayed} event{plural} after {since}", file=sys.stderr)
+    if oldest is not None and parse_stream_id(since) != (0, 0):
+        print(
+            f"{PROG}: events after {since} and before {oldest} may have been trimmed from the"
+            " stream (events.stream_maxlen) and could not be replayed",
+            file=sys.stderr,
+        )
+
+
+async def follow(config: Config, since: str | None, keep: EventFilter, out: TextIO) -> None:
+    """Subscribe, replay from `since` if given, then print live events until cancelled."""
+    assert config.redis_url is not None
+    where = redacted(config.redis_url)
+    channel = config.events.channel
+    client = Redis.from_url(
+        config.redis_url,
+        socket_connect_timeout=_CONNECT_TIMEOUT,
+        socket_timeout=_CONNECT_TIMEOUT,  # commands; the subscription's read blocks forever
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),  # a silent reconnect would lose events: fail instead
+    )
+    pubsub: Any = client.pubsub()  # redis-py leaves PubSub partly untyped
+    printer = Printer(keep, since, out)
+    try:
+        await _subscribe(pubsub, channel, where)
+        try:
+            if since is not None:
+                await _catch_up(client, channel, since, printer)
+            while True:
+                message: Any = await pubsub.get_message(timeout=None)
+                if message is not None and message["type"] == "message":
+                    printer.offer(message["data"])
+        except BrokenPipeError:
+            raise  # stdout's reader went away: not a Redis failure
+        except (RedisError, OSError) as exc:
+            resume = f"; resume with --since {printer.last}" if printer.last else ""
+            raise RedisFailure(f"Redis at {where} failed: {exc}{resume}") from None
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pubsub.aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await client.aclose()
+
+
+async def _run(config: Config, since: str | None, keep: EventFilter) -> int:
+    """`follow` until SIGINT/SIGTERM (0), a Redis failure (1) or a closed stdout (0)."""
+    task = asyncio.get_running_loop().create_task(follow(config, since, keep, sys.stdout))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        return 0
+    except RedisFailure as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, and keep the interpreter's
+        # final flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return 0
+
+
+def _parser() -> ToolParser:
+    p = tool_parser("events tail", "Print pgreactive's invalidation events, one JSON per line.")
+    p.add_argument(
+        "--since",
+        metavar="ID",
+        help="first replay the events after this event id from the stream (0: all it holds)",
+    )
+    p.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="T",
+        help="only events naming table T (repeatable; whole-database events always pass)",
+    )
+    p.add_argument(
+        "--org",
+        action="append",
+        default=[],
+        metavar="X",
+        help="only events whose organizationId is X (repeatable)",
+    )
+    return p
+
+
+def _tail(argv: Sequence[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    if args.since is not None and not _STREAM_ID.fullmatch(args.since):
+        parser.error(f"--since: expected an event id like 1764158400123-0, got {args.since!r}")
+    try:
+        config = tool_config(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.redis_url is None:
+        print(
+            f"{PROG}: no Redis configured (--redis, redis.url or PGREACTIVE_REDIS): events are"
+            " published only to Redis; a server without Redis (in-memory cache) only logs them",
+            file=sys.stderr,
+        )
+        return EXIT_REDIS
+    keep = EventFilter(frozenset(bare(t) for t in args.table), frozenset(args.org))
+    with asyncio.Runner() as runner:
+        return runner.run(_run(config, args.since, keep))
+
+
+_COMMANDS = {"tail": _tail}
+
+
+def main(argv: Sequence[str]) -> int:
+    """``pgreactive events tail [--since ID] [--table T] [--org X] [--config FILE] ...``."""
+    if not argv or argv[0] not in _COMMANDS:
+        print(
+            "usage: pgreactive events tail [--since ID] [--table T] [--org X]"
+            " [--config FILE] [--redis URL]",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return _COMMANDS[argv[0]](argv[1:])
