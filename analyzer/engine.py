@@ -126,7 +126,10 @@ def _redo(draft: Draft, options: AnalyzerOptions) -> Any:
         keys, scope = extract(
             draft.node_type, draft.fields, options.scope_columns, single, repeated
         )
-        return dataclasses.replace(base, where_keys=keys, scope=scope, sql=sql)
+        same_shape_as = base.same_shape_as or base.sql
+        return dataclasses.replace(
+            base, where_keys=keys, scope=scope, sql=sql, same_shape_as=same_shape_as
+        )
 
     return redo
 

@@ -258,6 +258,9 @@ class Analysis(StatementAnalysis):
     parts: tuple[StatementAnalysis, ...] = ()  # the statements of a multi-statement string
     query_name: str | None = None
     sql: str = field(default="", repr=False, compare=False)
+    # A text differing from `sql` only in constants (the analysis was derived from it): the
+    # two share a fingerprint, so new literal texts of a known shape cost no parse for it.
+    same_shape_as: str = field(default="", repr=False, compare=False)
 
     @property
     def statements(self) -> tuple[StatementAnalysis, ...]:
@@ -274,4 +277,4 @@ class Analysis(StatementAnalysis):
         kind = self.kind
         if kind is _UNKNOWN or kind is _EMPTY:  # (module aliases: `Kind.X` costs ~90 ns)
             return None
-        return fingerprint_of(self.sql)
+        return fingerprint_of(self.same_shape_as or self.sql)

@@ -7,7 +7,7 @@ import pytest
 from analyzer import analyze, clear_memo
 from analyzer.engine import _analyze_full
 from analyzer.memo import LRU, decode, regions
-from analyzer.model import DEFAULT_OPTIONS
+from analyzer.model import DEFAULT_OPTIONS, fingerprint_of
 
 P = pytest.param
 
@@ -110,3 +110,18 @@ def test_decode(text: str, fields: dict[str, object] | None) -> None:
 def test_regions_rejects_misalignment() -> None:
     assert regions("SELECT 1", "SELECT $1") == [(7, "1")]
     assert regions("SELECT 1 FROM t", "SELECT $1 FROM u") is None
+
+
+def test_texts_of_one_shape_share_a_fingerprint_without_another_parse() -> None:
+    first = analyze("SELECT * FROM fp_shape WHERE id = 1 AND org = 'a' /* n */")
+    assert first.fingerprint is not None
+    misses = fingerprint_of.cache_info().misses
+    derived = [
+        analyze(f"SELECT * FROM fp_shape WHERE id = {n} AND org = 'o{n}' /* n */")
+        for n in range(2, 12)
+    ]
+    assert {d.fingerprint for d in derived} == {first.fingerprint}
+    assert fingerprint_of.cache_info().misses == misses  # no text was parsed for it
+    assert all(d.fingerprint == fingerprint_of(d.sql) for d in derived)  # what pglast says
+    other = analyze("SELECT * FROM fp_shape WHERE id > 1 AND org = 'a' /* n */")
+    assert other.fingerprint != first.fingerprint  # a different shape
