@@ -119,7 +119,8 @@ def cached(
 
 def _global_epoch() -> bytes | None:
     with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        return client.get(GLOBAL_EPOCH)  # type: ignore[return-value]
+        value = client.get(GLOBAL_EPOCH)
+        return value if isinstance(value, bytes) else None
 
 
 def foreign_bump_retry(scenario: Callable[[], None], tries: int = 3) -> None:
