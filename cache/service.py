@@ -11,7 +11,7 @@ the configuration, and offers sessions four things:
   a result read before a write that was acknowledged before the waiter asked);
 * `invalidate(...)`: the one way in for every invalidation — bump the generations, then
   publish one event per written table; awaited by the session before the writer's commit
-  is acknowledged.
+  is acknowledged (so both the bump and the events precede the writer's ReadyForQuery).
 
 The backend never raises and fails open; this module never fails a query either.
 """
@@ -354,8 +354,9 @@ class CacheService:
             self.stats.invalidation_failures += 1
             log.warning("invalidation of %s could not be written; cache paused", database)
             return False
-        # Events go out after the writer is released: only the bump must precede it.
-        self._spawn(self._publish(database, plans, source))
+        # The events go out after the bump and before the writer learns of its commit, so a
+        # writer (or anyone it tells) that then waits for its event finds it published.
+        await self._publish(database, plans, source)
         return True
 
     async def _publish(self, database: str, plans: Sequence[WritePlan], source: str) -> None:
