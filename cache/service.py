@@ -243,9 +243,13 @@ class CacheService:
             if body is not None:
                 return body
         result = await self.backend.lookup(entry_key, gen_keys)
+        self._lead(entry_key, result)
+        return result
+
+    def _lead(self, entry_key: str, result: Lookup | None) -> None:
+        """A miss makes its reader the leader: identical misses wait for its fill."""
         if result is not None and not result.hit and entry_key not in self._inflight:
             self._inflight[entry_key] = asyncio.get_running_loop().create_future()
-        return result
 
     def lookup_now(
         self,
@@ -259,8 +263,7 @@ class CacheService:
             return False  # join the leader: only `lookup` waits
 
         def looked_up(result: Lookup | None) -> None:
-            if result is not None and not result.hit and entry_key not in self._inflight:
-                self._inflight[entry_key] = asyncio.get_running_loop().create_future()
+            self._lead(entry_key, result)
             callback(result)
 
         return self.backend.lookup_now(entry_key, gen_keys, looked_up)

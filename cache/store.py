@@ -317,11 +317,17 @@ class RedisBackend(BackendCounters):
         if not self._available and not await self._try_heal():
             self.skipped += 1
             return _FAILED
-        call = self._fast.call
+        return await self._fast_script(
+            self._fast, self._lookup, lua.LOOKUP, 1 + len(gen_keys), entry_key, *gen_keys
+        )
+
+    async def _fast_script(
+        self, client: RespClient, script: Any, source: str, *args: str | int
+    ) -> Any:
+        """One script call on a pipelined connection: its reply, or `_FAILED` (a failed
+        connection opens the breaker; an error reply is counted)."""
         try:
-            reply = await call("EVALSHA", self._lookup.sha, 1 + len(gen_keys), entry_key, *gen_keys)
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                reply = await call("EVAL", lua.LOOKUP, 1 + len(gen_keys), entry_key, *gen_keys)
+            reply = await _run_script(client, script, source, *args)
         except RespError as exc:
             self._trip(exc)
             return _FAILED
@@ -375,13 +381,9 @@ class RedisBackend(BackendCounters):
         deadline = self._clock() + (BUMP_DEADLINE if self._available else 0.0)
         while True:
             try:
-                reply = await self._patient.call(
-                    "EVALSHA", self._bump.sha, len(gen_keys), *gen_keys
+                reply = await _run_script(
+                    self._patient, self._bump, lua.BUMP, len(gen_keys), *gen_keys
                 )
-                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                    reply = await self._patient.call(
-                        "EVAL", lua.BUMP, len(gen_keys), *gen_keys
-                    )
                 if isinstance(reply, hiredis.ReplyError):
                     raise RespError(f"bump refused: {reply}")
                 self.bumps += 1
@@ -401,18 +403,10 @@ class RedisBackend(BackendCounters):
         if fast is not None and self._available:
             # The writer waits for this (its ReadyForQuery follows the events): one round
             # trip on the pipelined connection, under the lookups' short timeout.
-            args = (1, channel, payload, int(stream_maxlen), EVENT_ID)
-            try:
-                reply = await fast.call("EVALSHA", self._publish.sha, *args)
-                if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                    reply = await fast.call("EVAL", lua.PUBLISH, *args)
-            except RespError as exc:
-                self._trip(exc)
-                return None
-            if isinstance(reply, hiredis.ReplyError):
-                self.errors += 1
-                log.debug("redis reply error: %s", reply)
-                return None
+            reply = await self._fast_script(
+                fast, self._publish, lua.PUBLISH, 1, channel, payload, int(stream_maxlen),
+                EVENT_ID,
+            )
         else:
             reply = await self._call(
                 lambda: self._publish(
@@ -420,8 +414,8 @@ class RedisBackend(BackendCounters):
                 ),
                 trip_on_reply_error=False,
             )
-            if isinstance(reply, _Failed):
-                return None
+        if isinstance(reply, _Failed):
+            return None
         self.published += 1
         return reply.decode("ascii") if isinstance(reply, bytes) else str(reply)
 
@@ -451,3 +445,12 @@ class RedisBackend(BackendCounters):
             return None
         keys = json.loads(reply)
         return [str(k) for k in keys]
+
+
+async def _run_script(client: RespClient, script: Any, source: str, *args: str | int) -> Any:
+    """EVALSHA on `client`, and EVAL when Redis has lost the script (NOSCRIPT: a restart or
+    SCRIPT FLUSH); the reply (a `hiredis.ReplyError` for an error), RespError if it failed."""
+    reply = await client.call("EVALSHA", script.sha, *args)
+    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+        reply = await client.call("EVAL", source, *args)
+    return reply
