@@ -31,7 +31,8 @@ class Bypass(StrEnum):
 
     CACHE_OFF = "cache_off"
     IN_TRANSACTION = "in_transaction"
-    SESSION_STATE = "session_state"  # a setting the proxy cannot follow, temp objects, ...
+    SESSION_STATE = "session_state"  # temporary objects, a client_encoding other than UTF8
+    SESSION_STATE_UNKNOWN = "session_state_unknown"  # changed out of sight: being read back
     CACHE_UNAVAILABLE = "cache_unavailable"
     CATALOG_UNKNOWN = "catalog_unknown"
     RELATION_KIND = "relation_kind"  # sequence, foreign, unlogged, RLS, unknown relation

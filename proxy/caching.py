@@ -48,7 +48,8 @@ from cache.service import CacheService, DatabaseContext
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError
-from proxy.tracker import Pending, Request, pending_for
+from proxy.state import REREAD_SQL, decode_reread
+from proxy.tracker import SYNC_ENTRY, Pending, Request, pending_for
 
 if TYPE_CHECKING:
     from proxy.session import ClientSession
@@ -65,6 +66,21 @@ _CAPTURED = frozenset(b"TDC")
 _HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
 _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 _UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
+_CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
+_REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
+
+
+def _cstring(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape") + b"\x00"
+
+
+@dataclass(slots=True)
+class SettingsReread:
+    """The proxy's own query reading a session's settings back (see `proxy.state`)."""
+
+    at_start: bool
+    row: bytes | None = None
+    failed: bool = False
 
 
 @dataclass(slots=True)
@@ -149,7 +165,20 @@ class SessionCache:
         self.client_portals: dict[str, tuple[str, tuple[str | None, ...]]] = {}
         self.captures: list[Capture] = []
         self.writes: list[WritePlan] = []
-        self.disabled: str | None = None  # why reads are never cached in this session
+        # Upstream state the client could not see (invariant 8): extended messages went up
+        # since the last Sync (so a Sync the cache answers must still go up); the unnamed
+        # statement a simple-Query hit destroyed in the client's view; portals of hits
+        # answered before a Flush, which exist only in the client's view.
+        self.unsynced = False
+        self.unnamed_dropped = False
+        self.virtual_portals: dict[str, tuple[bytes, str]] = {}  # name → (Bind, statement)
+        # Session state (invariant 3): `unknown` after something changed it out of sight
+        # (and at start, for per-role/database defaults) until `SettingsReread` has read it
+        # back; `temporary` while the session has temporary relations.
+        self.unknown = True
+        self.reread: SettingsReread | None = None
+        self._first_reread = True
+        self.temporary = False
         self._catalog_waited = False  # this session already waited once for its catalog
         self._digest: tuple[int, bytes] = (-1, b"")
         # Per-statement memos under the current settings (`_settings` clears them): a
@@ -202,10 +231,12 @@ class SessionCache:
             self.deferred.pop("", None)  # a simple Query destroys the unnamed statement
             if self._query(entry_, raw, out):
                 return
+            self._query_sent()
         elif tag == FrontendTag.SYNC:
-            self.executed = self.local_segment = False
+            self.executed = self.local_segment = self.unsynced = False
         elif entry_ is not None:
             self._annotate(entry_, raw, out, planned)
+            self.unsynced = entry_.request is not Request.FUNCTION_CALL  # (Flush alone: no)
         if entry_ is not None:
             self.session.tracker.push(entry_)
         out.append(raw)
@@ -220,18 +251,27 @@ class SessionCache:
                 self.client_statements.setdefault(entry_.name, entry_.sql)
             else:
                 self.deferred.pop("", None)
+                self.unnamed_dropped = False  # replaced anyway
                 self.client_statements[""] = entry_.sql
         elif request is Request.BIND:
-            self._undefer(entry_.statement, out)
+            if entry_.name:
+                self._need_portal(entry_.name, out)  # so a duplicate name fails as it should
+            else:
+                self.virtual_portals.pop("", None)  # replaced
+            self._need_statement(entry_.statement, out)
             bind = codec.decode_bind(raw[5:])
             self.client_portals[entry_.name] = (entry_.statement, _text_params(bind))
         elif request in (Request.DESCRIBE, Request.CLOSE) and entry_.kind == "S":
-            self._undefer(entry_.name, out)
+            self._need_statement(entry_.name, out)
             if request is Request.CLOSE:
                 self.client_statements.pop(entry_.name, None)
         elif request is Request.CLOSE:
+            self._need_portal(entry_.name, out)
             self.client_portals.pop(entry_.name, None)
+        elif request is Request.DESCRIBE:
+            self._need_portal(entry_.name, out)
         elif request is Request.EXECUTE:
+            self._need_portal(entry_.name, out)
             self.executed = True
             statement, params = self.client_portals.get(entry_.name, ("", ()))
             entry_.sql = self.client_statements.get(statement, "")
@@ -240,6 +280,45 @@ class SessionCache:
                 self._count_bypass(entry_.sql)
         elif request is Request.FUNCTION_CALL:
             self.writes.append(self._unknown_write())  # any function, any effect
+            self.unknown = True  # on the session's state too
+
+    def _query_sent(self) -> None:
+        """A simple Query goes upstream: it ends the implicit transaction of any extended
+        messages before it and destroys the unnamed statement, in Postgres and in the
+        client's view alike (portals end with the transaction)."""
+        self.unsynced = self.unnamed_dropped = False
+        self.virtual_portals.clear()
+
+    def _need_statement(self, name: str, out: list[bytes]) -> None:
+        """Before a message that uses statement `name` upstream: make the upstream's
+        statement the one the client believes exists (or does not)."""
+        if not name and self.unnamed_dropped:
+            # A simple-Query hit destroyed it in the client's view: destroy it upstream too,
+            # so a Bind of it fails as Postgres would have it fail.
+            self.unnamed_dropped = False
+            self._push_hidden(Pending(Request.CLOSE, kind="S", hidden=True))
+            out.append(_CLOSE_UNNAMED_STATEMENT)
+        self._undefer(name, out)
+
+    def _need_portal(self, name: str, out: list[bytes]) -> None:
+        """Before a message that uses portal `name` upstream: a portal that a hit answered
+        before a Flush exists only in the client's view; create it upstream and run it to
+        its end (hidden), so the client's message finds it as Postgres would."""
+        virtual = self.virtual_portals.pop(name, None)
+        if virtual is None:
+            return
+        bind, statement = virtual
+        self._need_statement(statement, out)
+        self._push_hidden(Pending(Request.BIND, name=name, statement=statement, hidden=True))
+        self._push_hidden(Pending(Request.EXECUTE, name=name, hidden=True))
+        out.append(bind)
+        out.append(codec.message(FrontendTag.EXECUTE, _cstring(name) + b"\x00\x00\x00\x00"))
+
+    def _push_hidden(self, pending: Pending) -> None:
+        """Record a request the proxy sends on the client's behalf; its replies are cut out
+        of the stream (`hidden_reply`), which needs every message decoded."""
+        self.session.tracker.push(pending)
+        self.session.capture_all(True)
 
     def _undefer(self, name: str, out: list[bytes]) -> None:
         """Send a Parse answered from the cache before the first message that needs it.
@@ -251,10 +330,9 @@ class SessionCache:
         if deferred is not None and name not in self.undeferring:
             self.undeferring.add(name)
             raw, sql, oids = deferred
-            self.session.tracker.push(
+            self._push_hidden(
                 Pending(Request.PARSE, name=name, sql=sql, param_oids=oids, hidden=True)
             )
-            self.session.capture_all(True)  # so its ParseComplete can be cut out
             out.append(raw)
 
     # --- reads: simple Query -----------------------------------------------------------
@@ -268,6 +346,11 @@ class SessionCache:
             for statement in analysis.statements:
                 if statement.kind is Kind.DEALLOCATE and statement.statement_name:
                     self._undefer(statement.statement_name, out)  # it must exist upstream
+            return False
+        if self.unsynced:
+            # Extended messages went up without a Sync: this Query must go up to end their
+            # implicit transaction, as it would without the proxy.
+            self._bypassed(analysis, Bypass.REQUEST_SHAPE)
             return False
         if self._wait_for_catalog(context, [raw], out):
             return True
@@ -377,8 +460,8 @@ class SessionCache:
 
     def _local_sync(self) -> bool:
         """Sync closing a segment answered from the cache alone: answer it here."""
-        if not self.local_segment or not self.session.tracker.idle():
-            return False
+        if not self.local_segment or self.unsynced or not self.session.tracker.idle():
+            return False  # (extended messages went up before the hit: the Sync goes too)
         self.local_segment = False
         self.session.write_client(codec.ready_for_query(self.session.tracker.status))
         return True
@@ -415,6 +498,8 @@ class SessionCache:
             return Unit(parse, segment[0][1], bind, statement, b"D" in tags, parse.query,
                         parse.param_oids, max_rows, final)
         known = tracker.statements.get(statement)
+        if not statement and self.unnamed_dropped:
+            known = None  # it exists upstream only: the client's Bind of it must fail
         if known is not None and statement not in self.deferred:
             return Unit(None, None, bind, statement, b"D" in tags, known.sql, known.param_oids,
                         max_rows, final)
@@ -524,7 +609,7 @@ class SessionCache:
             if isinstance(result, Lookup) and result.blob is not None:
                 body = entry.decode(result.blob)
             if body is not None:
-                self._answer(request, body)
+                self._answer(request, body, messages[-1])
                 service.stats.hits += 1
                 elapsed = time.perf_counter() - started
                 service.latency.hit(elapsed)
@@ -555,9 +640,12 @@ class SessionCache:
                 log.exception("conn=%d cannot resume after a lookup", session.id)
                 session.close(InternalError("internal error in pgreactive; see its log"))
 
-    def _answer(self, request: Pending | Unit, body: bytes) -> None:
-        """Reply to a read from the cache, exactly as Postgres would have."""
+    def _answer(self, request: Pending | Unit, body: bytes, last: bytes) -> None:
+        """Reply to a read from the cache, exactly as Postgres would have, and leave the
+        upstream as the client's messages would have left it (invariant 8); `last` is the
+        Sync or Flush that ended the request."""
         parts: list[bytes] = []
+        session = self.session
         if isinstance(request, Unit):
             parse = request.parse
             if parse is not None and request.parse_raw is not None:
@@ -566,12 +654,26 @@ class SessionCache:
                 self.client_statements[parse.statement] = parse.query
             parts.append(BIND_COMPLETE)
             body = entry.limit_rows(body, request.max_rows)
+            if not request.final:
+                portal = codec.decode_bind_names(request.bind)[0]
+                bind = codec.message(FrontendTag.BIND, request.bind)
+                self.virtual_portals[portal] = (bind, request.statement)
+        elif "" in session.tracker.statements:
+            self.unnamed_dropped = True  # a simple Query destroys the unnamed statement
         parts.append(body)
         if isinstance(request, Unit) and not request.final:
             self.local_segment = True  # a Flush: the segment goes on, Sync is answered later
+        elif self.unsynced:
+            # The client's own extended messages before this read went up without a Sync:
+            # its Sync goes up to end their implicit transaction, and answers the client.
+            session.write_client(b"".join(parts))
+            self.unsynced = False
+            session.tracker.push(SYNC_ENTRY)
+            session.send_upstream(last)
+            return
         else:
-            parts.append(codec.ready_for_query(self.session.tracker.status))
-        self.session.write_client(b"".join(parts))
+            parts.append(codec.ready_for_query(session.tracker.status))
+        session.write_client(b"".join(parts))
 
     def _relay_read(
         self, messages: list[bytes], request: Pending | Unit, capture: Capture | None
@@ -582,6 +684,7 @@ class SessionCache:
         if isinstance(request, Pending):
             request.capture = capture
             tracker.push(request)
+            self._query_sent()
             out.extend(messages)
         else:
             for raw in messages:
@@ -618,11 +721,13 @@ class SessionCache:
         tracker = self.session.tracker
         if self.undeferring:  # those whose Parse failed or was skipped stay deferred
             self.undeferring = {p.name for p in tracker.pending if p.hidden}
-        if tracker.status is TxnStatus.IDLE and self.client_portals:
+        if tracker.status is TxnStatus.IDLE:
             self.client_portals.clear()  # portals end with their transaction
+            self.virtual_portals.clear()
+            if self.unknown and self.reread is None and not tracker.pending:
+                self._start_reread()
         if not self.captures:
-            if not any(p.hidden for p in self.session.tracker.pending):
-                self.session.capture_all(False)
+            self._decode_all_if_needed()
             return
         idle = self.session.tracker.status is TxnStatus.IDLE
         for capture in self.captures:
@@ -639,8 +744,67 @@ class SessionCache:
                 self.service.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)
         self.captures.clear()
-        if not any(p.hidden for p in self.session.tracker.pending):
+        self._decode_all_if_needed()
+
+    def _decode_all_if_needed(self, ending: Pending | None = None) -> None:
+        """Back to header-only scanning once no capture and no hidden request (other than
+        `ending`, whose last reply is being read) is in flight."""
+        if not self.captures and not any(
+            p.hidden and p is not ending for p in self.session.tracker.pending
+        ):
             self.session.capture_all(False)
+
+    # --- replies to the proxy's own requests and the session's state ---------------------
+
+    def hidden_reply(self, head: Pending, tag: int, payload: bytes) -> bytes | None:
+        """A backend message answering a request the proxy made (`head.hidden`): what the
+        client gets instead of it (b"": nothing; None: the message itself)."""
+        reread = head.capture
+        if isinstance(reread, SettingsReread):
+            if tag == BackendTag.DATA_ROW:
+                reread.row = payload
+            elif tag == BackendTag.ERROR_RESPONSE:
+                reread.failed = True
+            elif tag == BackendTag.READY_FOR_QUERY:
+                self._reread_done(reread)
+                self._decode_all_if_needed(ending=head)
+            return b""
+        if tag == BackendTag.ERROR_RESPONSE:
+            return None  # it stands for the client's own request: the client learns why
+        if tag == BackendTag.PARSE_COMPLETE:
+            self.parse_confirmed(head.name)
+        return b""
+
+    def _start_reread(self) -> None:
+        """Read the session's state back from its own backend, with a simple Query of the
+        proxy's (hidden), while the client's next messages wait."""
+        session = self.session
+        tracker = session.tracker
+        if self.unsynced or self.held is not None or session.client is None:
+            return  # (at the next ReadyForQuery)
+        unnamed = tracker.statements.get("")
+        if unnamed is not None and "" not in self.deferred:
+            # The Query destroys the unnamed statement: send it again before its next use.
+            parse = codec.encode_parse("", unnamed.sql, unnamed.param_oids)
+            self.deferred[""] = (parse, unnamed.sql, unnamed.param_oids)
+        self.reread = SettingsReread(at_start=self._first_reread)
+        self._first_reread = False
+        self._hold([])
+        self._push_hidden(Pending(Request.QUERY, sql=REREAD_SQL, hidden=True, capture=self.reread))
+        session.send_upstream(_REREAD_QUERY)
+
+    def _reread_done(self, reread: SettingsReread) -> None:
+        self.reread = None
+        state = None if reread.failed else decode_reread(reread.row)
+        if state is None:
+            log.warning("conn=%d cannot read the session's settings back; its reads will not "
+                        "use the cache", self.session.id)
+        else:
+            values, self.temporary = state
+            reported = {name.lower() for name in self.session.parameters}
+            self.session.settings.resync(values, reported, at_start=reread.at_start)
+            self.unknown = False
+        asyncio.get_running_loop().call_soon(self._release, [])
 
     # --- writes ----------------------------------------------------------------------
 
@@ -667,17 +831,20 @@ class SessionCache:
             return lambda: self.service.finish_prepared(database, gid, committed)
         if statement is None:
             self.writes.append(self._unknown_write())
+            self.unknown = True
             return None
         if statement.creates_temp:
-            self.disabled = "temporary objects"
+            self.temporary = True
             return None  # a session's own temporary objects change nobody's cached reads
-        if statement.changes_session_unknown:
-            self.disabled = "session settings changed by a function"
+        if statement.writes_unknown or statement.changes_session_unknown:
+            # DO, CALL, EXECUTE, a volatile user function, set_config() of values the proxy
+            # cannot read: what the session's settings and objects are now is read back.
+            self.unknown = True
         for change in statement.session_changes:
             if change.action in ("discard_all", "discard_temp"):
-                self.disabled = None
+                self.temporary = False
             elif change.action == "set" and change.value is None:
-                self.disabled = "a setting whose value the proxy cannot read"
+                self.unknown = True  # a value the proxy cannot read: read it back
             if change.action in ("discard_all", "discard_plans"):
                 self.deferred.clear()
                 self.client_statements.clear()
@@ -744,7 +911,9 @@ class SessionCache:
             return Bypass.REQUEST_SHAPE
         if session.invalidating:
             return Bypass.REQUEST_SHAPE  # a commit's invalidation runs: replies wait behind it
-        if self.disabled is not None or session.parameters.get("client_encoding", "UTF8") != "UTF8":
+        if self.unknown or self.reread is not None:
+            return Bypass.SESSION_STATE_UNKNOWN
+        if self.temporary or session.parameters.get("client_encoding", "UTF8") != "UTF8":
             return Bypass.SESSION_STATE
         return None
 

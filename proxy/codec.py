@@ -425,6 +425,16 @@ def error_response(severity: str, sqlstate: str, text: str, detail: str | None =
     return message(BackendTag.ERROR_RESPONSE, bytes(body))
 
 
+def encode_parse(statement: str, query: str, param_oids: tuple[int, ...]) -> bytes:
+    """Parse (F), the whole message."""
+    body = (
+        statement.encode("utf-8", "surrogateescape") + b"\x00"
+        + query.encode("utf-8", "surrogateescape") + b"\x00"
+        + struct.pack(f"!H{len(param_oids)}I", len(param_oids), *param_oids)
+    )
+    return message(FrontendTag.PARSE, body)
+
+
 def ready_for_query(status: TxnStatus) -> bytes:
     """ReadyForQuery (B)."""
     return message(BackendTag.READY_FOR_QUERY, bytes((status,)))

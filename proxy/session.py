@@ -87,6 +87,7 @@ _ERROR_RESPONSE = int(BackendTag.ERROR_RESPONSE)
 _READY_FOR_QUERY = int(BackendTag.READY_FOR_QUERY)
 _PARSE_COMPLETE = int(BackendTag.PARSE_COMPLETE)
 _PORTAL_SUSPENDED = int(BackendTag.PORTAL_SUSPENDED)
+_NOTIFICATION_RESPONSE = int(BackendTag.NOTIFICATION_RESPONSE)
 _EXECUTE = int(FrontendTag.EXECUTE)
 _UNNAMED_EXECUTE = Pending(Request.EXECUTE)  # shared by relay-only sessions: never changed
 _LENGTH = struct.Struct("!I").unpack_from
@@ -509,6 +510,19 @@ class ClientSession(asyncio.Protocol):
             elif self.state is not State.READY or tag == BackendTag.BACKEND_KEY_DATA:
                 self._startup_reply(tag, payload)  # BackendKeyData follows AuthenticationOk
                 replacement = None
+            elif (
+                cache is not None
+                and tracker.pending
+                and tracker.pending[0].hidden
+                and tag != _NOTIFICATION_RESPONSE
+            ):
+                # A reply to a request the proxy made on the client's behalf (a deferred
+                # Parse, a Close, a settings re-read): the client never sees it, except an
+                # ErrorResponse of a request that stands in for one of the client's own.
+                replacement = cache.hidden_reply(tracker.pending[0], tag, payload)
+                if tag == _ERROR_RESPONSE and replacement is None:
+                    self._error(payload)
+                tracker.on_backend(tag, payload)
             else:
                 barrier: Barrier | None = None
                 head = tracker.pending[0] if tracker.pending else None
@@ -521,13 +535,9 @@ class ClientSession(asyncio.Protocol):
                     self._command_complete(b"", head)
                 elif tag == _ERROR_RESPONSE:
                     self._error(payload)
-                done = tracker.on_backend(tag, payload)
+                tracker.on_backend(tag, payload)
                 if tag == BackendTag.READY_FOR_QUERY:
                     barrier = self._ready()
-                elif done is not None and done.hidden and tag == _PARSE_COMPLETE:
-                    replacement = b""
-                    if cache is not None:
-                        cache.parse_confirmed(done.name)
                 if barrier is not None:
                     start = end - 5 - len(payload)
                     if per_message or start >= written:

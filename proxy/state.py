@@ -16,13 +16,22 @@ The session calls `apply()` when a statement that changes settings completes, th
 at a ReadyForQuery that leaves the transaction (committed=True unless it rolled back).
 
 `RESET x` returns `x` to its value at session start when the start-up packet set it, else to
-`DEFAULT` (the server default for this role and database — the same for every session of that
-role and database, which is all a cache key needs).  Pure: no I/O.
+`DEFAULT` (the server default).
+
+Settings can also change where no SQL text shows it (`DO`, `CALL`, functions), and per-role /
+per-database defaults (`ALTER ROLE ... SET`) differ between sessions without a word.  For
+those the session asks its own backend (`REREAD_SQL`, at start and after such a statement)
+and `resync()` takes the answer as the truth: every setting whose source is the session, the
+client, the role or the database, the roles, and whether temporary relations exist.  Pure: no
+I/O.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import struct
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 DEFAULT = "\x00default"  # "whatever the server default is" (never a real setting value)
@@ -44,6 +53,49 @@ def startup_settings(parameters: dict[str, str]) -> dict[str, str]:
     if "user" in parameters:
         settings.setdefault("session_authorization", parameters["user"])
     return settings
+
+
+# What a session's settings are, as its own backend sees them: the settings that can differ
+# between sessions (set by the start-up packet, SET, a role or database default), the roles,
+# and whether the session has temporary relations (they shadow tables of the same name).
+REREAD_SQL = (
+    "SELECT session_user, current_user, EXISTS (SELECT FROM pg_catalog.pg_class"
+    " WHERE relnamespace = pg_catalog.pg_my_temp_schema()),"
+    " (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))"
+    " FROM pg_catalog.pg_settings"
+    " WHERE source IN ('client', 'session', 'database', 'user', 'database user'))"
+)
+_NOT_REREAD = frozenset({"role", "session_authorization"})  # taken from the user columns
+
+
+def decode_reread(row: bytes | None) -> tuple[dict[str, str], bool] | None:
+    """The DataRow answering `REREAD_SQL` as (settings, has temporary relations); None if
+    it is missing or not what that query returns."""
+    if row is None:
+        return None
+    try:
+        (count,) = struct.unpack_from("!H", row)
+        values: list[str | None] = []
+        pos = 2
+        for _ in range(count):
+            (length,) = struct.unpack_from("!i", row, pos)
+            pos += 4
+            if length < 0:
+                values.append(None)
+                continue
+            values.append(row[pos : pos + length].decode("utf-8", "surrogateescape"))
+            pos += length
+        session_user, current_user, temporary, settings = values
+        parsed = json.loads(settings) if settings else {}
+    except (struct.error, ValueError, TypeError):
+        return None
+    if session_user is None or current_user is None or not isinstance(parsed, dict):
+        return None
+    out = {str(k).lower(): str(v) for k, v in parsed.items() if str(k).lower() not in _NOT_REREAD}
+    out["session_authorization"] = session_user
+    if current_user != session_user:
+        out["role"] = current_user
+    return out, temporary == "t"
 
 
 @dataclass(slots=True)
@@ -76,6 +128,19 @@ class Settings:
         return {name: value for name, value in merged.items() if value != DEFAULT}
 
     # --- changes -------------------------------------------------------------------
+
+    def resync(self, values: Mapping[str, str], reported: Collection[str], at_start: bool) -> None:
+        """The settings as the backend reports them at an idle moment (`decode_reread`):
+        they replace what was tracked, except those ParameterStatus reports (authoritative
+        whenever they come).  At session start they are also what RESET returns to."""
+        self.version += 1
+        kept = {name: value for name, value in self.committed.items() if name in reported}
+        self.committed = {**values, **kept}
+        self.txn.clear()
+        self.local.clear()
+        self.savepoints.clear()
+        if at_start:
+            self.initial = dict(self.committed)
 
     def reported(self, name: str, value: str) -> None:
         """A ParameterStatus from the server: the current value, whatever layer set it."""

@@ -71,6 +71,9 @@ class ProxyProcess:
         return self.process.returncode
 
 
+STARTED: list[ProxyProcess] = []  # every proxy this test run started (see upstream_state.py)
+
+
 def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 15) -> ProxyProcess:
     """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens."""
     argv = [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", *args]
@@ -107,6 +110,7 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
             raise RuntimeError("proxy did not start listening:\n" + "".join(lines))
     assert match is not None
     proxy = ProxyProcess(process, match.group(1), int(match.group(2)), lines, metrics_url)
+    STARTED.append(proxy)
 
     def drain() -> None:  # keep reading stderr so the proxy never blocks on a full pipe
         assert process.stderr is not None

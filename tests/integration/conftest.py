@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.conftest import PG_DB, PG_HOST, PG_PORT, PG_USER, ProxyProcess, dsn
+from tests.integration.upstream_state import assert_upstream_idle
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ def proxied(proxy: ProxyProcess) -> Target:
 def target(request: pytest.FixtureRequest, proxy: ProxyProcess) -> Target:
     """Postgres directly, then the pass-through proxy (a differential pair of runs)."""
     return DIRECT if request.param == "direct" else proxied(proxy)
+
+
+@pytest.fixture(autouse=True)
+def upstream_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each cache test: no upstream backend of any running proxy is active or in a
+    transaction, and none holds a lock (invariant 8; see upstream_state.py)."""
+    yield
+    if request.module.__name__.rpartition(".")[2].startswith("test_cache_"):
+        assert_upstream_idle()
 
 
 @pytest.fixture
