@@ -48,7 +48,7 @@ from cache.service import CacheService, DatabaseContext
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError
-from proxy.state import REREAD_SQL, decode_reread
+from proxy.state import REREAD_SQL, STARTUP_SQL, decode_reread, decode_startup_read
 from proxy.tracker import SYNC_ENTRY, Pending, Request, pending_for
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 _UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
 _CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
 _REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
+_STARTUP_QUERY = codec.message(FrontendTag.QUERY, STARTUP_SQL.encode() + b"\x00")
 
 
 def _cstring(text: str) -> bytes:
@@ -76,7 +77,8 @@ def _cstring(text: str) -> bytes:
 
 @dataclass(slots=True)
 class SettingsReread:
-    """The proxy's own query reading a session's settings back (see `proxy.state`)."""
+    """The proxy's own query reading a session's state (see `proxy.state`): at start, the
+    role and database defaults; later, every setting and temporary relations."""
 
     at_start: bool
     row: bytes | None = None
@@ -756,6 +758,23 @@ class SessionCache:
 
     # --- replies to the proxy's own requests and the session's state ---------------------
 
+    def _apply_reread(self, reread: SettingsReread) -> bool:
+        """Take what the session's backend said its state is (False: it said nothing
+        usable)."""
+        settings = self.session.settings
+        if reread.at_start:
+            defaults = decode_startup_read(reread.row)
+            if defaults is None:
+                return False
+            settings.role_database_defaults(defaults)
+            return True
+        state = decode_reread(reread.row)
+        if state is None:
+            return False
+        values, self.temporary = state
+        settings.resync(values, {name.lower() for name in self.session.parameters})
+        return True
+
     def hidden_reply(self, head: Pending, tag: int, payload: bytes) -> bytes | None:
         """A backend message answering a request the proxy made (`head.hidden`): what the
         client gets instead of it (b"": nothing; None: the message itself)."""
@@ -787,23 +806,20 @@ class SessionCache:
             # The Query destroys the unnamed statement: send it again before its next use.
             parse = codec.encode_parse("", unnamed.sql, unnamed.param_oids)
             self.deferred[""] = (parse, unnamed.sql, unnamed.param_oids)
-        self.reread = SettingsReread(at_start=self._first_reread)
-        self._first_reread = False
+        at_start, self._first_reread = self._first_reread, False
+        self.reread = SettingsReread(at_start)
         self._hold([])
-        self._push_hidden(Pending(Request.QUERY, sql=REREAD_SQL, hidden=True, capture=self.reread))
-        session.send_upstream(_REREAD_QUERY)
+        sql, query = (STARTUP_SQL, _STARTUP_QUERY) if at_start else (REREAD_SQL, _REREAD_QUERY)
+        self._push_hidden(Pending(Request.QUERY, sql=sql, hidden=True, capture=self.reread))
+        session.send_upstream(query)
 
     def _reread_done(self, reread: SettingsReread) -> None:
         self.reread = None
-        state = None if reread.failed else decode_reread(reread.row)
-        if state is None:
-            log.warning("conn=%d cannot read the session's settings back; its reads will not "
-                        "use the cache", self.session.id)
-        else:
-            values, self.temporary = state
-            reported = {name.lower() for name in self.session.parameters}
-            self.session.settings.resync(values, reported, at_start=reread.at_start)
+        if not reread.failed and self._apply_reread(reread):
             self.unknown = False
+        else:
+            log.warning("conn=%d cannot read the session's state back; its reads will not "
+                        "use the cache", self.session.id)
         asyncio.get_running_loop().call_soon(self._release, [])
 
     # --- writes ----------------------------------------------------------------------
