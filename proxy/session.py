@@ -9,6 +9,11 @@ the pure parts: `FrontendReader` (client framing), `BackendScanner` (upstream fr
        │ CancelRequest: forward upstream, close                                       ▼
        └ replication=… : RAW (bytes relayed untouched)                             CLOSED
 
+From accept to READY (or RAW) runs one `limits.startup_timeout` timer: the whole start-up,
+not a per-read timeout, so a client trickling a byte at a time is closed like an idle one.
+A session refused by the server's connection limit goes through STARTUP like any other
+(SSLRequest answered, CancelRequest forwarded) and answers its StartupMessage with 53300.
+
 Errors raised by pure code are caught in exactly one place (`data_received`) and turned
 into an ErrorResponse (SQLSTATE from the exception) before the session closes.  Upstream
 bytes are forwarded in the chunks they arrived in; the scanner only looks at headers, so a
@@ -34,6 +39,8 @@ from proxy.errors import (
     ProtocolViolation,
     ProxyError,
     ShuttingDown,
+    StartupTimeout,
+    TooManyConnections,
     UpstreamUnavailable,
 )
 from proxy.framing import BackendScanner, FrontendReader
@@ -123,6 +130,14 @@ _PAYLOAD_UNREAD = frozenset(
 )
 
 
+class Admission(Enum):
+    """What the server's connection limit makes of a new client connection."""
+
+    ADMITTED = auto()
+    REFUSED = auto()  # answered FATAL 53300 after its start-up packet, as Postgres does
+    DROPPED = auto()  # closed at once: too many refused sessions wait already
+
+
 class State(Enum):
     STARTUP = auto()
     CONNECTING = auto()
@@ -162,6 +177,8 @@ class ClientSession(asyncio.Protocol):
         self.cache: SessionCache | None = None
         self.invalidating = False  # a commit waits for its invalidation (upstream paused)
         self._binds: dict[bytes, Pending] = {}  # relay-only: shared Bind entries by names
+        self.admission = Admission.ADMITTED  # or refused: the connection limit was reached
+        self._startup_timer: asyncio.TimerHandle | None = None
         if server.cache is not None:
             from proxy.caching import SessionCache
 
@@ -173,8 +190,15 @@ class ClientSession(asyncio.Protocol):
         self.client = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.server.session_opened(self)
+        self.admission = self.server.session_opened(self)
         log.info("conn=%d open from %s", self.id, self._peer)
+        if self.admission is Admission.DROPPED:
+            self.state = State.CLOSED
+            self.client.close()
+            return
+        self._startup_timer = asyncio.get_running_loop().call_later(
+            self.server.config.limits.startup_timeout, self._startup_timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -207,7 +231,8 @@ class ClientSession(asyncio.Protocol):
         was = self.state
         self.state = State.CLOSED
         self._close_upstream(cancel=not self.tracker.idle() or was is State.RAW)
-        self.server.session_closed(self)
+        self._started()
+        self.server.session_closed(self, self.admission)
         log.info("conn=%d closed", self.id)
 
     def pause_writing(self) -> None:
@@ -249,7 +274,20 @@ class ClientSession(asyncio.Protocol):
                 assert self.client is not None
                 self.client.close()
             case codec.StartupMessage():
+                if self.admission is Admission.REFUSED:
+                    raise TooManyConnections("sorry, too many clients already")
                 self._begin(packet)
+
+    def _started(self) -> None:
+        """Start-up is over (authenticated, relaying raw, or closed): stop its timer."""
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
+
+    def _startup_timed_out(self) -> None:
+        self._startup_timer = None
+        if self.state in (State.STARTUP, State.CONNECTING, State.AUTHENTICATING):
+            self.fail(StartupTimeout("canceling authentication due to timeout"))
 
     def _begin(self, startup: codec.StartupMessage) -> None:
         params = dict(startup.parameters)
@@ -293,6 +331,7 @@ class ClientSession(asyncio.Protocol):
         early, self._early = self._early, []
         if self._raw_after_connect:
             self.state = State.RAW
+            self._started()
             self.send_upstream(self.reader.pending() + b"".join(early))
             return
         self.state = State.AUTHENTICATING
@@ -690,6 +729,7 @@ class ClientSession(asyncio.Protocol):
             code = codec.auth_code(payload)
             if code == codec.AuthCode.OK:
                 self.state = State.READY  # authenticated: what follows is relayed
+                self._started()
                 self._auth_expects_response = False
             else:
                 self._auth_expects_response = code not in (

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -71,8 +71,14 @@ class ProxyProcess:
         return self.process.returncode
 
 
-def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 15) -> ProxyProcess:
-    """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens."""
+def start_proxy(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 15,
+    preexec: Callable[[], None] | None = None,
+) -> ProxyProcess:
+    """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens
+    (`preexec` runs in the child before it starts, e.g. to lower its resource limits)."""
     argv = [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", *args]
     if not any(a.startswith("--upstream") for a in args):
         argv += ["--upstream", f"postgresql://{PG_HOST}:{PG_PORT}"]
@@ -82,6 +88,7 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
         stdout=subprocess.DEVNULL,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec,
     )
     assert process.stderr is not None
     lines: list[str] = []
