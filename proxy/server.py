@@ -149,9 +149,11 @@ class Server:
 
     def forward_cancel(self, pid: int, secret: bytes) -> None:
         """Send a CancelRequest for (pid, secret) to the upstream; any instance may do it."""
-        self.spawn(self._cancel(pid, secret))
+        self.spawn(self.cancel(pid, secret))
 
-    async def _cancel(self, pid: int, secret: bytes) -> None:
+    async def cancel(self, pid: int, secret: bytes) -> None:
+        """Forward a CancelRequest and wait until Postgres has closed that connection (it
+        has read the request by then); never raises."""
         upstream = self.config.upstream
         try:
             await send_cancel(upstream.host, upstream.port, pid, secret, upstream.connect_timeout)

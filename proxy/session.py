@@ -6,7 +6,7 @@ the pure parts: `FrontendReader` (client framing), `BackendScanner` (upstream fr
 
     STARTUP ──StartupMessage──▶ CONNECTING ──connected──▶ AUTHENTICATING ──AuthenticationOk──▶ READY
        │ SSLRequest/GSSENCRequest: answer 'N', stay                                   │
-       │ CancelRequest: forward upstream, close                                       ▼
+       │ CancelRequest: forward upstream, close once Postgres has closed it           ▼
        └ replication=… : RAW (bytes relayed untouched)                             CLOSED
 
 From accept to READY (or RAW) runs one `limits.startup_timeout` timer: the whole start-up,
@@ -269,14 +269,19 @@ class ClientSession(asyncio.Protocol):
             case codec.SSLRequest() | codec.GSSENCRequest():
                 self.write_client(b"N")  # not supported: the client goes on in plaintext
             case codec.CancelRequest(pid=pid, secret=secret):
-                self.server.forward_cancel(pid, secret)
                 self.state = State.CLOSED
-                assert self.client is not None
-                self.client.close()
+                self.server.spawn(self._cancel_then_close(pid, secret))
             case codec.StartupMessage():
                 if self.admission is Admission.REFUSED:
                     raise TooManyConnections("sorry, too many clients already")
                 self._begin(packet)
+
+    async def _cancel_then_close(self, pid: int, secret: bytes) -> None:
+        """Close the CancelRequest's socket only once Postgres has read the request: a
+        driver that waits for that close before its next statement (asyncpg does) must
+        never have that next statement cancelled instead."""
+        await self.server.cancel(pid, secret)
+        self._close_client()
 
     def _started(self) -> None:
         """Start-up is over (authenticated, relaying raw, or closed): stop its timer."""

@@ -1,5 +1,6 @@
 """Hostile or careless clients (issue 9 §4, DESIGN invariant 7): the start-up timeout, the
-client connection limit, running out of file descriptors, over-long start-up packets.
+client connection limit, running out of file descriptors, over-long start-up packets, and a
+CancelRequest whose socket closes only once Postgres has read it.
 
 Every test asserts what the client received (the SQLSTATE, then EOF); every wait is a hang
 guard, never a speed requirement.
@@ -15,6 +16,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -341,3 +343,46 @@ def test_startup_packet_over_10000_bytes_is_refused_at_once(
         assert (fields["S"], fields["C"]) == ("FATAL", "08P01"), fields
         assert fields["M"] == "invalid length of startup packet"
         c.expect_closed()
+
+
+# --- CancelRequest ----------------------------------------------------------------------
+
+
+class SinkFailed(Exception):
+    pass
+
+
+async def _sink(chunk: bytes) -> None:
+    raise SinkFailed("the application gave up mid-COPY")
+
+
+# 5000 rows (~0.5 MB): small enough that Postgres has sent it all before the cancel arrives
+# when the proxy answers the cancel too early (the cancel then hits a later statement),
+# large enough that asyncpg has not read the whole result when its sink raises (with ~100
+# rows asyncpg itself hangs, directly against Postgres too: its cancel waits for a result
+# it has already read).
+COPIED_ROWS = 5000
+
+
+@pytest.mark.parametrize("via", ["direct", "proxy"])
+async def test_cancel_never_reaches_the_next_statement(
+    timeout_proxy: ProxyProcess, via: str
+) -> None:
+    """asyncpg cancels a COPY whose sink raised and waits for the cancel socket to close
+    before its next statement: that close must mean Postgres has read the cancel, or the
+    cancel lands on a later statement.  Twenty times in a row on one connection (directly
+    against Postgres too, to show the test itself is sound)."""
+    direct = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+    url = direct if via == "direct" else timeout_proxy.url()
+    conn = await asyncpg.connect(url, timeout=GUARD)
+    try:
+        for run in range(20):
+            with pytest.raises(SinkFailed):
+                await conn.copy_from_query(
+                    f"select g, repeat('x', 100) from generate_series(1, {COPIED_ROWS}) g",
+                    output=_sink,
+                    timeout=GUARD,
+                )
+            assert await conn.fetchval("SELECT 1", timeout=GUARD) == 1, f"run {run}"
+    finally:
+        await conn.close(timeout=GUARD)
