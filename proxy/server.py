@@ -22,6 +22,7 @@ import asyncio
 import logging
 import resource
 import socket
+import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -50,15 +51,13 @@ def client_capacity(open_files: int, wanted: int) -> int:
 def raise_open_files_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY:
-        return soft if soft != resource.RLIM_INFINITY else 1 << 20
-    if soft < hard:
+    if soft != hard and hard != resource.RLIM_INFINITY:  # (Linux caps NOFILE: never infinite)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, exc)
-    return soft
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
 
 
 class Server:

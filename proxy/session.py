@@ -177,7 +177,7 @@ class ClientSession(asyncio.Protocol):
         self.cache: SessionCache | None = None
         self.invalidating = False  # a commit waits for its invalidation (upstream paused)
         self._binds: dict[bytes, Pending] = {}  # relay-only: shared Bind entries by names
-        self.admission = Admission.ADMITTED  # or refused: the connection limit was reached
+        self.admission = Admission.ADMITTED  # what the connection limit made of this client
         self._startup_timer: asyncio.TimerHandle | None = None
         if server.cache is not None:
             from proxy.caching import SessionCache
