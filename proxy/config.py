@@ -86,10 +86,12 @@ class CatalogConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Protocol limits and shutdown behaviour."""
+    """Protocol limits, hostile-client limits and shutdown behaviour."""
 
     max_message_bytes: int = 256 << 20
     shutdown_grace_seconds: float = 10.0
+    startup_timeout: float = 60.0  # seconds from accept to authenticated (Postgres: 60 s)
+    max_client_connections: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +473,9 @@ def _log(value: Any) -> tuple[str, str]:
 
 def _limits(value: Any) -> LimitsConfig:
     raw = _mapping("limits", value)
-    _no_unknown("limits.", raw, {"max_message_bytes": 0, "shutdown_grace_seconds": 0})
+    keys = ("max_message_bytes", "shutdown_grace_seconds", "startup_timeout",
+            "max_client_connections")
+    _no_unknown("limits.", raw, dict.fromkeys(keys))
     d = LimitsConfig()
     return LimitsConfig(
         max_message_bytes=_int(
@@ -480,6 +484,16 @@ def _limits(value: Any) -> LimitsConfig:
         shutdown_grace_seconds=_float(
             "limits.shutdown_grace_seconds",
             raw.get("shutdown_grace_seconds", d.shutdown_grace_seconds),
+        ),
+        startup_timeout=_float(
+            "limits.startup_timeout",
+            raw.get("startup_timeout", d.startup_timeout),
+            positive=True,
+        ),
+        max_client_connections=_int(
+            "limits.max_client_connections",
+            raw.get("max_client_connections", d.max_client_connections),
+            1,
         ),
     )
 

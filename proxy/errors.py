@@ -48,6 +48,22 @@ class InternalError(ProxyError):
     sqlstate = "XX000"
 
 
+class StartupTimeout(ProxyError):
+    """Start-up and authentication took longer than `limits.startup_timeout`.
+
+    Postgres's authentication_timeout raises this FATAL with query_canceled (57014) and
+    only logs it; the proxy also tells the client, so it does not just see the socket close.
+    """
+
+    sqlstate = "57014"
+
+
+class TooManyConnections(ProxyError):
+    """`limits.max_client_connections` sessions are open already (Postgres's 53300)."""
+
+    sqlstate = "53300"
+
+
 class ShuttingDown(ProxyError):
     """The proxy is stopping (SIGTERM/SIGINT), as Postgres says on a fast shutdown."""
 

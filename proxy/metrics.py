@@ -32,6 +32,7 @@ class Stats:
 
     client_connections: int = 0
     client_connections_total: int = 0
+    client_connections_refused: int = 0  # past limits.max_client_connections
     upstream_connections: int = 0
     bytes_to_upstream: int = 0
     bytes_to_client: int = 0
@@ -110,6 +111,11 @@ class StatsCollector(Collector):
             "pgreactive_client_connections_accepted",
             "Client connections accepted",
             s.client_connections_total,
+        )
+        yield CounterMetricFamily(
+            "pgreactive_client_connections_refused",
+            "Client connections refused with 53300: limits.max_client_connections reached",
+            s.client_connections_refused,
         )
         yield GaugeMetricFamily(
             "pgreactive_upstream_connections",

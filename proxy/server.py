@@ -3,26 +3,61 @@
 Shell module.  One `Server` per process.  SIGTERM/SIGINT call `shutdown()`: stop accepting,
 let every session finish what is in flight for up to `limits.shutdown_grace_seconds`, then
 close what is left (cancelling its running statement upstream first).
+
+Admission, as Postgres does it: every accepted socket gets a session, but past
+`limits.max_client_connections` admitted sessions a new one is *refused*: it still answers
+SSLRequest and forwards a CancelRequest, and answers a StartupMessage with FATAL 53300.  At
+start the soft RLIMIT_NOFILE is raised to the hard limit, and the connection limit lowered
+to what the descriptors can hold (two per client: its socket and its upstream), so that
+admitted clients never run the process out of descriptors.  Refused sessions waiting for
+their StartupMessage are capped too (a flood of idle sockets must not take the descriptors
+the admitted clients' upstream connections need): past the cap a socket is closed at once.
+If descriptors run out all the same, libuv's accept keeps one spare to accept and close at
+once what it cannot hold; the listener lives on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
+import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config
 from proxy.errors import ShuttingDown
 from proxy.metrics import Stats
-from proxy.session import ClientSession
+from proxy.session import Admission, ClientSession
 from proxy.upstream import send_cancel
 
 if TYPE_CHECKING:
     from cache.service import CacheService
 
 log = logging.getLogger("pgreactive.server")
+
+# Descriptors kept for everything but client sessions: listeners, Redis, the catalog and
+# metrics connections, one-shot cancel connections, refused clients awaiting their answer.
+RESERVED_FILES = 100
+REFUSED_WAITING_MAX = RESERVED_FILES // 2  # refused sessions awaiting their StartupMessage
+
+
+def client_capacity(open_files: int, wanted: int) -> int:
+    """How many client sessions fit in `open_files` descriptors (at most `wanted`)."""
+    return max(1, min(wanted, (open_files - RESERVED_FILES) // 2))
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:  # (Linux caps NOFILE: never infinite)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, exc)
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
 
 
 class Server:
@@ -38,9 +73,21 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
         self._closed = asyncio.Event()
+        self.max_clients = config.limits.max_client_connections
+        self._counts = dict.fromkeys(Admission, 0)  # open sessions by admission
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        open_files = raise_open_files_limit()
+        self.max_clients = client_capacity(open_files, self.config.limits.max_client_connections)
+        if self.max_clients < self.config.limits.max_client_connections:
+            log.warning(
+                "limits.max_client_connections lowered from %d to %d: the open files limit"
+                " is %d (each client takes two)",
+                self.config.limits.max_client_connections,
+                self.max_clients,
+                open_files,
+            )
         listen = self.config.listen
         self._listener = await loop.create_server(
             lambda: ClientSession(self), listen.host, listen.port, reuse_address=True
@@ -65,15 +112,33 @@ class Server:
 
     # --- sessions ------------------------------------------------------------------
 
-    def session_opened(self, session: ClientSession) -> None:
+    def session_opened(self, session: ClientSession) -> Admission:
+        """Register a new session and decide whether it is served (see the docstring)."""
         self.sessions.add(session)
         self.stats.client_connections += 1
         self.stats.client_connections_total += 1
+        counts = self._counts
+        if counts[Admission.ADMITTED] < self.max_clients:
+            admission = Admission.ADMITTED
+        elif counts[Admission.REFUSED] < REFUSED_WAITING_MAX:
+            admission = Admission.REFUSED
+        else:
+            admission = Admission.DROPPED
+        counts[admission] += 1
+        if admission is not Admission.ADMITTED:
+            self.stats.client_connections_refused += 1
+        elif counts[admission] == self.max_clients:
+            log.warning(
+                "client connection limit reached (%d): further clients are refused with 53300",
+                self.max_clients,
+            )
+        return admission
 
-    def session_closed(self, session: ClientSession) -> None:
+    def session_closed(self, session: ClientSession, admission: Admission) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             self.stats.client_connections -= 1
+            self._counts[admission] -= 1
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a background task, keeping a reference until it ends."""
@@ -83,9 +148,11 @@ class Server:
 
     def forward_cancel(self, pid: int, secret: bytes) -> None:
         """Send a CancelRequest for (pid, secret) to the upstream; any instance may do it."""
-        self.spawn(self._cancel(pid, secret))
+        self.spawn(self.cancel(pid, secret))
 
-    async def _cancel(self, pid: int, secret: bytes) -> None:
+    async def cancel(self, pid: int, secret: bytes) -> None:
+        """Forward a CancelRequest and wait until Postgres has closed that connection (it
+        has read the request by then); never raises."""
         upstream = self.config.upstream
         try:
             await send_cancel(upstream.host, upstream.port, pid, secret, upstream.connect_timeout)

@@ -6,8 +6,13 @@ the pure parts: `FrontendReader` (client framing), `BackendScanner` (upstream fr
 
     STARTUP ──StartupMessage──▶ CONNECTING ──connected──▶ AUTHENTICATING ──AuthenticationOk──▶ READY
        │ SSLRequest/GSSENCRequest: answer 'N', stay                                   │
-       │ CancelRequest: forward upstream, close                                       ▼
+       │ CancelRequest: forward upstream, close once Postgres has closed it           ▼
        └ replication=… : RAW (bytes relayed untouched)                             CLOSED
+
+From accept to READY (or RAW) runs one `limits.startup_timeout` timer: the whole start-up,
+not a per-read timeout, so a client trickling a byte at a time is closed like an idle one.
+A session refused by the server's connection limit goes through STARTUP like any other
+(SSLRequest answered, CancelRequest forwarded) and answers its StartupMessage with 53300.
 
 Errors raised by pure code are caught in exactly one place (`data_received`) and turned
 into an ErrorResponse (SQLSTATE from the exception) before the session closes.  Upstream
@@ -34,6 +39,8 @@ from proxy.errors import (
     ProtocolViolation,
     ProxyError,
     ShuttingDown,
+    StartupTimeout,
+    TooManyConnections,
     UpstreamUnavailable,
 )
 from proxy.framing import BackendScanner, FrontendReader
@@ -124,6 +131,14 @@ _PAYLOAD_UNREAD = frozenset(
 )
 
 
+class Admission(Enum):
+    """What the server's connection limit makes of a new client connection."""
+
+    ADMITTED = auto()
+    REFUSED = auto()  # answered FATAL 53300 after its start-up packet, as Postgres does
+    DROPPED = auto()  # closed at once: too many refused sessions wait already
+
+
 class State(Enum):
     STARTUP = auto()
     CONNECTING = auto()
@@ -163,6 +178,8 @@ class ClientSession(asyncio.Protocol):
         self.cache: SessionCache | None = None
         self.invalidating = False  # a commit waits for its invalidation (upstream paused)
         self._binds: dict[bytes, Pending] = {}  # relay-only: shared Bind entries by names
+        self.admission = Admission.ADMITTED  # what the connection limit made of this client
+        self._startup_timer: asyncio.TimerHandle | None = None
         if server.cache is not None:
             from proxy.caching import SessionCache
 
@@ -174,8 +191,15 @@ class ClientSession(asyncio.Protocol):
         self.client = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.server.session_opened(self)
+        self.admission = self.server.session_opened(self)
         log.info("conn=%d open from %s", self.id, self._peer)
+        if self.admission is Admission.DROPPED:
+            self.state = State.CLOSED
+            self.client.close()
+            return
+        self._startup_timer = asyncio.get_running_loop().call_later(
+            self.server.config.limits.startup_timeout, self._startup_timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -208,7 +232,8 @@ class ClientSession(asyncio.Protocol):
         was = self.state
         self.state = State.CLOSED
         self._close_upstream(cancel=not self.tracker.idle() or was is State.RAW)
-        self.server.session_closed(self)
+        self._started()
+        self.server.session_closed(self, self.admission)
         log.info("conn=%d closed", self.id)
 
     def pause_writing(self) -> None:
@@ -245,12 +270,30 @@ class ClientSession(asyncio.Protocol):
             case codec.SSLRequest() | codec.GSSENCRequest():
                 self.write_client(b"N")  # not supported: the client goes on in plaintext
             case codec.CancelRequest(pid=pid, secret=secret):
-                self.server.forward_cancel(pid, secret)
                 self.state = State.CLOSED
-                assert self.client is not None
-                self.client.close()
+                self.server.spawn(self._cancel_then_close(pid, secret))
             case codec.StartupMessage():
+                if self.admission is Admission.REFUSED:
+                    raise TooManyConnections("sorry, too many clients already")
                 self._begin(packet)
+
+    async def _cancel_then_close(self, pid: int, secret: bytes) -> None:
+        """Close the CancelRequest's socket only once Postgres has read the request: a
+        driver that waits for that close before its next statement (asyncpg does) must
+        never have that next statement cancelled instead."""
+        await self.server.cancel(pid, secret)
+        self._close_client()
+
+    def _started(self) -> None:
+        """Start-up is over (authenticated, relaying raw, or closed): stop its timer."""
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
+
+    def _startup_timed_out(self) -> None:
+        self._startup_timer = None
+        if self.state in (State.STARTUP, State.CONNECTING, State.AUTHENTICATING):
+            self.fail(StartupTimeout("canceling authentication due to timeout"))
 
     def _begin(self, startup: codec.StartupMessage) -> None:
         params = dict(startup.parameters)
@@ -294,6 +337,7 @@ class ClientSession(asyncio.Protocol):
         early, self._early = self._early, []
         if self._raw_after_connect:
             self.state = State.RAW
+            self._started()
             self.send_upstream(self.reader.pending() + b"".join(early))
             return
         self.state = State.AUTHENTICATING
@@ -700,6 +744,7 @@ class ClientSession(asyncio.Protocol):
             code = codec.auth_code(payload)
             if code == codec.AuthCode.OK:
                 self.state = State.READY  # authenticated: what follows is relayed
+                self._started()
                 self._auth_expects_response = False
             else:
                 self._auth_expects_response = code not in (

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -74,8 +74,14 @@ class ProxyProcess:
 STARTED: list[ProxyProcess] = []  # every proxy this test run started (see upstream_state.py)
 
 
-def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 15) -> ProxyProcess:
-    """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens."""
+def start_proxy(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 15,
+    preexec: Callable[[], None] | None = None,
+) -> ProxyProcess:
+    """Start ``python -m proxy --listen 127.0.0.1:0 ARGS`` and wait until it listens
+    (`preexec` runs in the child before it starts, e.g. to lower its resource limits)."""
     argv = [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0", *args]
     if not any(a.startswith("--upstream") for a in args):
         argv += ["--upstream", f"postgresql://{PG_HOST}:{PG_PORT}"]
@@ -85,6 +91,7 @@ def start_proxy(*args: str, env: dict[str, str] | None = None, timeout: float = 
         stdout=subprocess.DEVNULL,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec,
     )
     assert process.stderr is not None
     lines: list[str] = []

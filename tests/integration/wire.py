@@ -176,6 +176,14 @@ class RawClient:
         self.timeout = timeout
         self.buf = bytearray()
 
+    @classmethod
+    def wrap(cls, sock: socket.socket, *, timeout: float = GUARD) -> RawClient:
+        """A RawClient on an already connected socket."""
+        client = cls.__new__(cls)
+        sock.settimeout(timeout)
+        client.sock, client.timeout, client.buf = sock, timeout, bytearray()
+        return client
+
     def __enter__(self) -> RawClient:
         return self
 

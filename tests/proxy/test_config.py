@@ -108,6 +108,14 @@ redis: {url: "redis://127.0.0.1:6379/0"}
             "limits: {shutdown_grace_seconds: .inf}", "limits.shutdown_grace_seconds", id="inf"
         ),
         pytest.param("limits: 10", "limits", id="limits-scalar"),
+        pytest.param("limits: {startup_timeout: 0}", "limits.startup_timeout", id="startup-0"),
+        pytest.param("limits: {startup_timeout: soon}", "limits.startup_timeout", id="startup"),
+        pytest.param(
+            "limits: {max_client_connections: 0}", "limits.max_client_connections", id="max-0"
+        ),
+        pytest.param(
+            "limits: {max_client_connections: 1.5}", "limits.max_client_connections", id="max-f"
+        ),
         pytest.param("upstream: {connect_timeout: 0}", "upstream.connect_timeout", id="t0"),
         pytest.param("upstream: {connect_timeout: .nan}", "upstream.connect_timeout", id="nan"),
         pytest.param("upstream: {port: 0}", "upstream.port", id="upstream-port-0"),
