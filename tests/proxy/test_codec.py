@@ -613,3 +613,14 @@ def test_tags_are_the_documented_bytes() -> None:
     codes = (codec.SSL_REQUEST_CODE, codec.GSSENC_REQUEST_CODE, codec.CANCEL_REQUEST_CODE)
     assert [(c >> 16, c & 0xFFFF) for c in codes] == [(1234, 5679), (1234, 5680), (1234, 5678)]
     assert sorted(chr(t) for t in codec.FRONTEND_TAGS) == sorted("BCdcfDEHFPpQSX")
+
+
+@pytest.mark.parametrize(
+    ("name", "query", "oids"),
+    [("", "SELECT 1", ()), ("s1", "SELECT $1::int, $2", (23, 0)), ("ünï", "SELECT 'é'", (25,))],
+)
+def test_encode_parse_round_trips(name: str, query: str, oids: tuple[int, ...]) -> None:
+    raw = codec.encode_parse(name, query, oids)
+    assert raw[0] == codec.FrontendTag.PARSE
+    assert int.from_bytes(raw[1:5], "big") == len(raw) - 1
+    assert codec.decode_parse(raw[5:]) == codec.Parse(name, query, oids)

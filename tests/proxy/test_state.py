@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from proxy.state import DEFAULT, Settings, startup_settings
+from proxy.state import (
+    DEFAULT,
+    ROLE_DATABASE_DEFAULTS,
+    Settings,
+    decode_reread,
+    decode_startup_read,
+    startup_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +153,89 @@ def test_set_session_authorization_resets_the_role() -> None:
     s.end_transaction(committed=True)
     assert s.get("session_authorization") == "bob"
     assert s.get("role") == DEFAULT
+
+
+# --- reading the session's state back (issue 9 §2) ----------------------------------------
+
+
+def _data_row(*values: str | None) -> bytes:
+    out = struct.pack("!H", len(values))
+    for value in values:
+        if value is None:
+            out += struct.pack("!i", -1)
+        else:
+            raw = value.encode()
+            out += struct.pack("!i", len(raw)) + raw
+    return out
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        pytest.param(
+            _data_row("alice", "alice", "f", '{"search_path" : "s2", "TimeZone" : "UTC"}'),
+            ({"search_path": "s2", "timezone": "UTC", "session_authorization": "alice"}, False),
+            id="plain",
+        ),
+        pytest.param(
+            _data_row("alice", "bob", "t", None),
+            ({"session_authorization": "alice", "role": "bob"}, True),
+            id="set-role-and-temporary-relations-no-settings",
+        ),
+        pytest.param(
+            _data_row("alice", "alice", "f", '{"role" : "x", "session_authorization" : "y"}'),
+            ({"session_authorization": "alice"}, False),
+            id="roles-from-the-user-columns-only",
+        ),
+        pytest.param(None, None, id="no-row"),
+        pytest.param(_data_row("alice", "alice", "f"), None, id="three-columns"),
+        pytest.param(_data_row("alice", "alice", "f", "{not json"), None, id="bad-json"),
+        pytest.param(_data_row(None, "alice", "f", "{}"), None, id="null-user"),
+        pytest.param(_data_row("a", "a", "f", "{}")[:-3], None, id="truncated"),
+    ],
+)
+def test_decode_reread(row: bytes | None, expected: object) -> None:
+    assert decode_reread(row) == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        pytest.param(_data_row('[["0", "16384", "bytea_output=escape"]]'),
+                     '[["0", "16384", "bytea_output=escape"]]', id="a-role-default"),
+        pytest.param(_data_row(None), "", id="no-defaults"),
+        pytest.param(_data_row("a", "b"), None, id="two-columns"),
+        pytest.param(None, None, id="no-row"),
+    ],
+)
+def test_decode_startup_read(row: bytes | None, expected: str | None) -> None:
+    assert decode_startup_read(row) == expected
+
+
+def test_role_database_defaults_enter_the_settings_and_survive_reset() -> None:
+    s = Settings.from_startup({"user": "u"})
+    s.role_database_defaults("[[\"0\", \"1\", \"bytea_output=escape\"]]")
+    assert s.effective()[ROLE_DATABASE_DEFAULTS] == "[[\"0\", \"1\", \"bytea_output=escape\"]]"
+    s.apply("reset_all", None, None, False)
+    s.apply("discard_all", None, None, False)
+    s.end_transaction(True)
+    assert ROLE_DATABASE_DEFAULTS in s.effective()
+    other = Settings.from_startup({"user": "u"})
+    other.role_database_defaults("")
+    assert s.effective() != other.effective()
+
+
+def test_resync_replaces_what_sql_text_showed_but_keeps_reported_values() -> None:
+    s = Settings.from_startup({"user": "u", "application_name": "app"})
+    s.role_database_defaults("")
+    s.apply("set", "search_path", "s1", False)
+    s.reported("TimeZone", "UTC")
+    version = s.version
+    s.resync({"search_path": "s2", "bytea_output": "escape", "timezone": "Europe/Paris"},
+             reported={"timezone"})
+    assert s.version > version
+    assert s.get("search_path") == "s2"  # DO changed it: the backend's word wins
+    assert s.get("bytea_output") == "escape"
+    assert s.get("timezone") == "UTC"  # ParameterStatus is authoritative
+    assert s.get("application_name") is None  # not reported, not re-read: at the default
+    assert ROLE_DATABASE_DEFAULTS in s.effective()
