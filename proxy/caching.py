@@ -48,7 +48,7 @@ from cache.service import CacheService, DatabaseContext
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError
-from proxy.state import REREAD_SQL, STARTUP_SQL, decode_reread, decode_startup_read
+from proxy.state import REREAD_SQL, decode_reread
 from proxy.tracker import SYNC_ENTRY, Pending, Request, pending_for
 
 if TYPE_CHECKING:
@@ -68,7 +68,6 @@ _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 _UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
 _CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
 _REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
-_STARTUP_QUERY = codec.message(FrontendTag.QUERY, STARTUP_SQL.encode() + b"\x00")
 
 
 def _cstring(text: str) -> bytes:
@@ -77,8 +76,7 @@ def _cstring(text: str) -> bytes:
 
 @dataclass(slots=True)
 class SettingsReread:
-    """The proxy's own query reading a session's state (see `proxy.state`): at start, the
-    role and database defaults; later, every setting and temporary relations."""
+    """The proxy's own query reading a session's state back (see `proxy.state`)."""
 
     at_start: bool
     row: bytes | None = None
@@ -759,20 +757,13 @@ class SessionCache:
     # --- replies to the proxy's own requests and the session's state ---------------------
 
     def _apply_reread(self, reread: SettingsReread) -> bool:
-        """Take what the session's backend said its state is (False: it said nothing
-        usable)."""
-        settings = self.session.settings
-        if reread.at_start:
-            defaults = decode_startup_read(reread.row)
-            if defaults is None:
-                return False
-            settings.role_database_defaults(defaults)
-            return True
+        """Take what the session's backend said its state is (False: nothing usable)."""
         state = decode_reread(reread.row)
         if state is None:
             return False
         values, self.temporary = state
-        settings.resync(values, {name.lower() for name in self.session.parameters})
+        reported = {name.lower() for name in self.session.parameters}
+        self.session.settings.resync(values, reported, reread.at_start)
         return True
 
     def hidden_reply(self, head: Pending, tag: int, payload: bytes) -> bytes | None:
@@ -809,9 +800,8 @@ class SessionCache:
         at_start, self._first_reread = self._first_reread, False
         self.reread = SettingsReread(at_start)
         self._hold([])
-        sql, query = (STARTUP_SQL, _STARTUP_QUERY) if at_start else (REREAD_SQL, _REREAD_QUERY)
-        self._push_hidden(Pending(Request.QUERY, sql=sql, hidden=True, capture=self.reread))
-        session.send_upstream(query)
+        self._push_hidden(Pending(Request.QUERY, sql=REREAD_SQL, hidden=True, capture=self.reread))
+        session.send_upstream(_REREAD_QUERY)
 
     def _reread_done(self, reread: SettingsReread) -> None:
         self.reread = None

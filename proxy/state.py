@@ -21,14 +21,12 @@ at a ReadyForQuery that leaves the transaction (committed=True unless it rolled 
 Settings can also change where no SQL text shows it (`DO`, `CALL`, functions), and per-role /
 per-database defaults (`ALTER ROLE ... SET`) differ between sessions without a word.  For
 those the session asks its own backend (`REREAD_SQL`, at start and after such a statement)
-and `resync()` takes the answer as the truth: every setting whose source is the session, the
-client, the role or the database, the roles, and whether temporary relations exist.  Pure: no
-I/O.
+and `resync()` takes the answer as the truth: the settings that can change a cacheable read's
+result, the roles, and whether temporary relations exist.  Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from collections.abc import Collection, Mapping
@@ -55,28 +53,28 @@ def startup_settings(parameters: dict[str, str]) -> dict[str, str]:
     return settings
 
 
-# At start: the per-role and per-database defaults (`ALTER ROLE/DATABASE ... SET`) that apply
-# to this session, as one value that enters the key (~75 us on the server; pg_settings below
-# costs ~700 us, too much for every connection).
-STARTUP_SQL = (
-    "SELECT pg_catalog.json_agg(ARRAY[setdatabase::text, setrole::text] || setconfig"
-    " ORDER BY setdatabase, setrole) FROM pg_catalog.pg_db_role_setting"
-    " WHERE setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database"
-    " WHERE datname = pg_catalog.current_database()))"
-    " AND setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))"
+# The settings that can change what a cacheable read returns (its result bytes or which rows
+# match).  Custom settings (`app.tenant`) are not among them: the cache never serves tables
+# with row-level security, nor views or functions that are not immutable, which is where
+# `current_setting()` can read them (those set by SQL text are still part of the key).
+RESULT_SETTINGS = (
+    "search_path", "timezone", "datestyle", "intervalstyle", "extra_float_digits",
+    "bytea_output", "client_encoding", "standard_conforming_strings", "transform_null_equals",
+    "array_nulls", "backslash_quote", "lc_monetary", "lc_numeric", "lc_time", "xmlbinary",
+    "xmloption", "quote_all_identifiers", "default_text_search_config",
+    "timezone_abbreviations", "gin_fuzzy_search_limit", "row_security",
+    "default_transaction_isolation", "default_transaction_read_only",
 )
-ROLE_DATABASE_DEFAULTS = "pg_db_role_setting"  # the pseudo-setting holding them (no real GUC)
-# After a statement that may have changed the session out of sight: the settings that can
-# differ between sessions (set by the start-up packet, SET, a role or database default), the
-# roles, and whether the session has temporary relations (they shadow tables of the name).
+# What a session's state is, as its own backend sees it (at start, which also covers
+# `ALTER ROLE/DATABASE ... SET` defaults, and after a statement that may have changed it out
+# of sight): the roles, whether it has temporary relations (they shadow tables of the same
+# name), and every result setting.  About as cheap as `SELECT 1` on the server (pg_settings
+# would cost ~0.7 ms).
 REREAD_SQL = (
     "SELECT session_user, current_user, EXISTS (SELECT FROM pg_catalog.pg_class"
-    " WHERE relnamespace = pg_catalog.pg_my_temp_schema()),"
-    " (SELECT pg_catalog.json_object_agg(name, pg_catalog.current_setting(name))"
-    " FROM pg_catalog.pg_settings"
-    " WHERE source IN ('client', 'session', 'database', 'user', 'database user'))"
+    " WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
+    + "".join(f", pg_catalog.current_setting('{name}', true)" for name in RESULT_SETTINGS)
 )
-_NOT_REREAD = frozenset({"role", "session_authorization"})  # taken from the user columns
 
 
 def _text_columns(row: bytes) -> list[str | None]:
@@ -97,33 +95,22 @@ def _text_columns(row: bytes) -> list[str | None]:
     return values
 
 
-def decode_startup_read(row: bytes | None) -> str | None:
-    """The DataRow answering `STARTUP_SQL`: the defaults as one text ("" if none), or None
-    if it is missing or malformed."""
-    if row is None:
-        return None
-    try:
-        values = _text_columns(row)
-    except struct.error:
-        return None
-    if len(values) != 1:
-        return None
-    return values[0] or ""
-
-
 def decode_reread(row: bytes | None) -> tuple[dict[str, str], bool] | None:
     """The DataRow answering `REREAD_SQL` as (settings, has temporary relations); None if
     it is missing or not what that query returns."""
     if row is None:
         return None
     try:
-        session_user, current_user, temporary, settings = _text_columns(row)
-        parsed = json.loads(settings) if settings else {}
-    except (struct.error, ValueError, TypeError):
+        columns = _text_columns(row)
+    except struct.error:
         return None
-    if session_user is None or current_user is None or not isinstance(parsed, dict):
+    if len(columns) != 3 + len(RESULT_SETTINGS):
         return None
-    out = {str(k).lower(): str(v) for k, v in parsed.items() if str(k).lower() not in _NOT_REREAD}
+    session_user, current_user, temporary = columns[:3]
+    if session_user is None or current_user is None:
+        return None
+    settings = zip(RESULT_SETTINGS, columns[3:], strict=True)
+    out = {name: value for name, value in settings if value is not None}
     out["session_authorization"] = session_user
     if current_user != session_user:
         out["role"] = current_user
@@ -161,24 +148,22 @@ class Settings:
 
     # --- changes -------------------------------------------------------------------
 
-    def role_database_defaults(self, defaults: str) -> None:
-        """At start: the `ALTER ROLE/DATABASE ... SET` defaults that apply to the session
-        (`decode_startup_read`), kept as one pseudo-setting that no RESET changes."""
+    def resync(self, values: Mapping[str, str], reported: Collection[str], at_start: bool) -> None:
+        """The state as the backend reports it at an idle moment (`decode_reread`): it
+        replaces what was followed from SQL text for those settings, except the ones
+        ParameterStatus reports (authoritative whenever they come).  At start (which
+        includes the role's and database's defaults) it is also what RESET returns to."""
         self.version += 1
-        self.committed[ROLE_DATABASE_DEFAULTS] = defaults
-        self.initial[ROLE_DATABASE_DEFAULTS] = defaults
-
-    def resync(self, values: Mapping[str, str], reported: Collection[str]) -> None:
-        """The settings as the backend reports them at an idle moment (`decode_reread`):
-        they replace what was tracked, except those ParameterStatus reports (authoritative
-        whenever they come) and the role/database defaults."""
-        self.version += 1
-        keep = {*reported, ROLE_DATABASE_DEFAULTS}
-        kept = {name: value for name, value in self.committed.items() if name in keep}
-        self.committed = {**values, **kept}
+        self.committed.update(
+            {name: value for name, value in values.items() if name not in reported}
+        )
+        if "role" not in values:
+            self.committed.pop("role", None)  # current_user is the session user
         self.txn.clear()
         self.local.clear()
         self.savepoints.clear()
+        if at_start:
+            self.initial = dict(self.committed)
 
     def reported(self, name: str, value: str) -> None:
         """A ParameterStatus from the server: the current value, whatever layer set it."""

@@ -8,10 +8,10 @@ import pytest
 
 from proxy.state import (
     DEFAULT,
-    ROLE_DATABASE_DEFAULTS,
+    REREAD_SQL,
+    RESULT_SETTINGS,
     Settings,
     decode_reread,
-    decode_startup_read,
     startup_settings,
 )
 
@@ -169,73 +169,65 @@ def _data_row(*values: str | None) -> bytes:
     return out
 
 
+_N = len(RESULT_SETTINGS)
+_SETTINGS = ("s2", "UTC", *([None] * (_N - 2)))  # search_path, timezone, then unknown ones
+
+
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
         pytest.param(
-            _data_row("alice", "alice", "f", '{"search_path" : "s2", "TimeZone" : "UTC"}'),
+            _data_row("alice", "alice", "f", *_SETTINGS),
             ({"search_path": "s2", "timezone": "UTC", "session_authorization": "alice"}, False),
             id="plain",
         ),
         pytest.param(
-            _data_row("alice", "bob", "t", None),
+            _data_row("alice", "bob", "t", *([None] * _N)),
             ({"session_authorization": "alice", "role": "bob"}, True),
-            id="set-role-and-temporary-relations-no-settings",
-        ),
-        pytest.param(
-            _data_row("alice", "alice", "f", '{"role" : "x", "session_authorization" : "y"}'),
-            ({"session_authorization": "alice"}, False),
-            id="roles-from-the-user-columns-only",
+            id="set-role-and-temporary-relations",
         ),
         pytest.param(None, None, id="no-row"),
-        pytest.param(_data_row("alice", "alice", "f"), None, id="three-columns"),
-        pytest.param(_data_row("alice", "alice", "f", "{not json"), None, id="bad-json"),
-        pytest.param(_data_row(None, "alice", "f", "{}"), None, id="null-user"),
-        pytest.param(_data_row("a", "a", "f", "{}")[:-3], None, id="truncated"),
+        pytest.param(_data_row("alice", "alice", "f"), None, id="too-few-columns"),
+        pytest.param(_data_row(None, "alice", "f", *_SETTINGS), None, id="null-user"),
+        pytest.param(_data_row("a", "a", "f", *_SETTINGS)[:-3], None, id="truncated"),
     ],
 )
 def test_decode_reread(row: bytes | None, expected: object) -> None:
     assert decode_reread(row) == expected
 
 
-@pytest.mark.parametrize(
-    ("row", "expected"),
-    [
-        pytest.param(_data_row('[["0", "16384", "bytea_output=escape"]]'),
-                     '[["0", "16384", "bytea_output=escape"]]', id="a-role-default"),
-        pytest.param(_data_row(None), "", id="no-defaults"),
-        pytest.param(_data_row("a", "b"), None, id="two-columns"),
-        pytest.param(None, None, id="no-row"),
-    ],
-)
-def test_decode_startup_read(row: bytes | None, expected: str | None) -> None:
-    assert decode_startup_read(row) == expected
+def test_reread_sql_reads_every_result_setting() -> None:
+    for name in RESULT_SETTINGS:
+        assert f"current_setting('{name}', true)" in REREAD_SQL
 
 
-def test_role_database_defaults_enter_the_settings_and_survive_reset() -> None:
+def test_resync_at_start_is_what_reset_returns_to() -> None:
     s = Settings.from_startup({"user": "u"})
-    s.role_database_defaults("[[\"0\", \"1\", \"bytea_output=escape\"]]")
-    assert s.effective()[ROLE_DATABASE_DEFAULTS] == "[[\"0\", \"1\", \"bytea_output=escape\"]]"
-    s.apply("reset_all", None, None, False)
-    s.apply("discard_all", None, None, False)
+    s.resync({"bytea_output": "escape", "session_authorization": "u"}, reported=(),
+             at_start=True)  # e.g. ALTER ROLE u SET bytea_output = 'escape'
+    s.apply("set", "bytea_output", "hex", False)
     s.end_transaction(True)
-    assert ROLE_DATABASE_DEFAULTS in s.effective()
+    s.apply("reset", "bytea_output", None, False)
+    assert s.get("bytea_output") == "escape"
     other = Settings.from_startup({"user": "u"})
-    other.role_database_defaults("")
+    other.resync({"bytea_output": "hex", "session_authorization": "u"}, reported=(),
+                 at_start=True)
     assert s.effective() != other.effective()
 
 
 def test_resync_replaces_what_sql_text_showed_but_keeps_reported_values() -> None:
     s = Settings.from_startup({"user": "u", "application_name": "app"})
-    s.role_database_defaults("")
     s.apply("set", "search_path", "s1", False)
+    s.apply("set", "role", "r", False)
     s.reported("TimeZone", "UTC")
     version = s.version
     s.resync({"search_path": "s2", "bytea_output": "escape", "timezone": "Europe/Paris"},
-             reported={"timezone"})
+             reported={"timezone"}, at_start=False)
     assert s.version > version
     assert s.get("search_path") == "s2"  # DO changed it: the backend's word wins
     assert s.get("bytea_output") == "escape"
     assert s.get("timezone") == "UTC"  # ParameterStatus is authoritative
-    assert s.get("application_name") is None  # not reported, not re-read: at the default
-    assert ROLE_DATABASE_DEFAULTS in s.effective()
+    assert s.get("application_name") == "app"  # not a result setting: as followed
+    assert s.get("role") is None  # current_user is the session user again
+    s.apply("reset", "search_path", None, False)
+    assert s.get("search_path") == DEFAULT  # not at start: RESET still goes to the default
