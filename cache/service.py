@@ -50,6 +50,9 @@ _SINGLE_FLIGHT_WAIT = 2.0
 # Test hook: a random delay (up to this many ms) between a fill's lookup and its store, to
 # widen the read-fill / invalidate race window in stress tests (PITFALLS E5).
 _FILL_DELAY_MS = float(os.environ.get("PGREACTIVE_TEST_FILL_DELAY_MS", "0") or 0)
+# Test hook: a random delay (up to this many ms) before a confirmed commit's bump, to widen
+# the window in which Postgres shows the commit but the cache does not know it yet.
+_INVALIDATE_DELAY_MS = float(os.environ.get("PGREACTIVE_TEST_INVALIDATE_DELAY_MS", "0") or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +342,8 @@ class CacheService:
         if not plans:
             return True
         bumps = sorted(set().union(*(p.bumps for p in plans)))
+        if _INVALIDATE_DELAY_MS:
+            await asyncio.sleep(random.uniform(0, _INVALIDATE_DELAY_MS) / 1000)
         ok = await self.backend.bump(bumps)
         if ok and self.catalogs is not None and not any(p.whole_database for p in plans):
             # Planned with a catalog that DDL (through another instance) has since made
