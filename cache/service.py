@@ -363,11 +363,13 @@ class CacheService:
         return Marked((token,), frozenset(keys))
 
     async def mark_prepared(self, database: str, gid: str) -> Marked:
-        """Before COMMIT PREPARED: mark what PREPARE TRANSACTION saved (unknown: the
-        database)."""
+        """Before COMMIT PREPARED: mark what PREPARE TRANSACTION saved.  An unknown gid is
+        not marked: it was prepared in an aborted transaction (nothing commits; its cached
+        reads stay) or out of the proxy's sight (writes it never saw, like any direct write;
+        `finish_prepared` still invalidates the database after the commit)."""
         ns = self.context(database).namespace
         keys = await self.backend.load_prepared(ns.prepared(gid))
-        return await self.mark(keys if keys is not None else [ns.epoch])
+        return await self.mark(keys) if keys else Marked()
 
     async def invalidate(
         self,

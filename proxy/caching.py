@@ -789,10 +789,14 @@ class SessionCache:
         """The counters to mark before `pending` goes upstream, and the 2PC gids it commits.
 
         Writes outside an explicit transaction block commit with their statement (or at the
-        Sync / end of Query after it); inside one (known only when nothing is in flight)
+        Sync / end of Query after it); inside one (known when no ReadyForQuery is due)
         they are marked at COMMIT, with what was collected and what is still in flight."""
         tracker = self.session.tracker
-        in_block = tracker.status is not TxnStatus.IDLE and tracker.idle()
+        # The status is that of the last ReadyForQuery: current unless another is due.
+        settled = not any(p.request in _READIES for p in tracker.pending)
+        in_block = tracker.status is not TxnStatus.IDLE and settled
+        if in_block and tracker.status is TxnStatus.IN_FAILED_TRANSACTION:
+            return set(), []  # its COMMIT can only roll back
         context = self._context()
         analysis = pending.analysis
         if pending.request is Request.FUNCTION_CALL or not isinstance(analysis, Analysis):
