@@ -32,7 +32,10 @@ def _connect_query(conninfo: str) -> Callable[[], None]:
     return run
 
 
-def _do_then_read(conninfo: str) -> tuple[Callable[[], None], psycopg.Connection[tuple[object, ...]]]:
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def _do_then_read(conninfo: str) -> tuple[Callable[[], None], Conn]:
     conn = psycopg.connect(conninfo, autocommit=True)
     conn.execute("CREATE TABLE IF NOT EXISTS bench_state (id int primary key, v text)")
     conn.execute("INSERT INTO bench_state VALUES (1, 'x') ON CONFLICT DO NOTHING")

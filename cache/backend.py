@@ -20,6 +20,17 @@ Theory of operation (shared by `cache.store.RedisBackend` and `cache.memory.Memo
   fill *refused* (PITFALLS E5).
 * **bump** increments counters after a commit; the caller awaits it before the writer sees
   ReadyForQuery (invariant 2).
+* **In-flight marks** (invariant 9, reads never go backwards): **mark** runs *before* a
+  write's commit goes upstream.  It bumps the counters the commit will bump (so every entry
+  stored under them becomes unreachable at once: lookups miss) and adds a caller-chosen
+  token to each counter's in-flight set, live for ``ttl_ms`` (so it ends by itself if the
+  proxy dies before confirming).  While any mark on one of its counters is live, **fill**
+  refuses.  The commit's confirmation is a **bump** with the mark's ``tokens``: it bumps the
+  counters again and ends those marks.  The second bump is needed: a reader that read the
+  counters after the mark, but whose query ran before the commit was visible, would
+  otherwise store the old rows under still-current counters once the mark is gone.  Each
+  mark has its own token, so concurrent writers on the same counters never end each
+  other's marks, and one whose TTL ran out only loses its own protection.
 * **Fail open, then heal** (invariant 5): a backend never raises for a store failure; it
   returns a "not available" value (lookup → ``None``, fill/bump → ``False``, publish →
   ``None``).  After a failure it serves nothing until it has bumped the epoch counter, which
@@ -42,6 +53,14 @@ from typing import Protocol, runtime_checkable
 
 EVENT_ID = "__PGREACTIVE_EVENT_ID__"
 """Placeholder that `Backend.publish` replaces (first occurrence) with the stream entry id."""
+
+INFLIGHT_PREFIX = "inflight:"
+"""Counter keys must not start with this: it names their in-flight sets."""
+
+
+def inflight_key(gen_key: str) -> str:
+    """The in-flight set of a counter (same Redis Cluster hash tag as the counter)."""
+    return INFLIGHT_PREFIX + gen_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,7 @@ class BackendStats:
     fills_refused: int
     bumps: int
     bump_failures: int
+    marks: int
     heals: int
     published: int
 
@@ -115,6 +135,7 @@ class BackendCounters:
         self.fills_refused = 0
         self.bumps = 0
         self.bump_failures = 0
+        self.marks = 0
         self.heals = 0
         self.published = 0
 
@@ -133,6 +154,7 @@ class BackendCounters:
             fills_refused=self.fills_refused,
             bumps=self.bumps,
             bump_failures=self.bump_failures,
+            marks=self.marks,
             heals=self.heals,
             published=self.published,
         )
@@ -186,11 +208,18 @@ class Backend(Protocol):
         blob: bytes,
         ttl_ms: int,
     ) -> bool:
-        """Store ``blob`` if the gens still equal ``expected_gens``; False if refused/failed."""
+        """Store ``blob`` if the gens still equal ``expected_gens`` and no mark on them is
+        live; False if refused/failed."""
         ...
 
-    async def bump(self, gen_keys: Sequence[str]) -> bool:
-        """Increment (or birth) each counter; False when it could not be done."""
+    async def bump(self, gen_keys: Sequence[str], tokens: Sequence[str] = ()) -> bool:
+        """Increment (or birth) each counter and end the marks ``tokens`` on them; False
+        when it could not be done."""
+        ...
+
+    async def mark(self, gen_keys: Sequence[str], token: str, ttl_ms: int) -> bool:
+        """Before a commit: increment each counter and mark it in flight under ``token``
+        for ``ttl_ms``; False when it could not be done (as a failed bump)."""
         ...
 
     async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
@@ -207,4 +236,8 @@ class Backend(Protocol):
 
     async def take_prepared(self, gid_key: str) -> list[str] | None:
         """Fetch and forget them; None when unknown *or* unavailable (bump the database)."""
+        ...
+
+    async def load_prepared(self, gid_key: str) -> list[str] | None:
+        """Fetch them (to mark before COMMIT PREPARED); None when unknown or unavailable."""
         ...

@@ -8,6 +8,10 @@ Conventions shared by the scripts:
   ``tostring`` would print a µs timestamp in exponent notation (a double holds it exactly).
 * ``<gens>`` is ``table.concat(values, ',')`` of the counters in KEYS order (after the first
   key).  An entry is ``<gens>\\n<blob>``.
+* A counter's *in-flight set* (`cache.backend.inflight_key`) is a sorted set of mark tokens
+  scored by their expiry (ms, Redis TIME): a member scored after now is a write in flight.
+  Scripts that use them get the in-flight keys as KEYS too, after the counters, in the same
+  order (so a Redis Cluster client sees every key).
 * Scripts call TIME and then write: fine since Redis 5 replicates scripts by effects (the
   only mode in Redis 7).
 * In Redis Cluster every key of one call must hash to one slot (use a ``{tag}``); the
@@ -22,9 +26,14 @@ local function now_us()
   return string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 end
 
--- Current values of KEYS[first..], birthing missing counters at TIME-µs, comma-joined.
-local function current_gens(first)
-  local n = #KEYS
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Current values of KEYS[first..last], birthing missing counters at TIME-µs, comma-joined.
+local function current_gens(first, last)
+  local n = last or #KEYS
   if n < first then return '' end
   local vals = redis.call('MGET', unpack(KEYS, first, n))
   local born = nil
@@ -36,6 +45,18 @@ local function current_gens(first)
     end
   end
   return table.concat(vals, ',')
+end
+
+-- INCR KEYS[1..n]; a missing counter is born at TIME-µs first.
+local function incr_all(n)
+  local born = nil
+  for i = 1, n do
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      born = born or now_us()
+      redis.call('SET', KEYS[i], born)
+    end
+    redis.call('INCR', KEYS[i])
+  end
 end
 """
 
@@ -56,9 +77,16 @@ return {gens}
 FILL = (
     _PRELUDE
     + r"""
--- KEYS = {entry_key, gen_key...}; ARGV = {expected_gens, "<expected_gens>\n<blob>", ttl_ms}.
--- Compare-and-set: store only if no counter moved since the reader read them.
-if current_gens(2) ~= ARGV[1] then return 0 end
+-- KEYS = {entry_key, gen_key 1..n, in-flight key 1..n};
+-- ARGV = {expected_gens, "<expected_gens>\n<blob>", ttl_ms}.
+-- Compare-and-set: store only if no counter moved since the reader read them, and no write
+-- that will bump one of them is in flight (a live member in its in-flight set).
+local n = (#KEYS - 1) / 2
+if current_gens(2, n + 1) ~= ARGV[1] then return 0 end
+local now = now_ms()
+for i = n + 2, #KEYS do
+  if redis.call('ZCOUNT', KEYS[i], string.format('(%.0f', now), '+inf') > 0 then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
@@ -67,14 +95,33 @@ return 1
 BUMP = (
     _PRELUDE
     + r"""
--- KEYS = {gen_key...}.  INCR each; a missing counter is born at TIME-µs, then incremented.
-local born = nil
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then
-    born = born or now_us()
-    redis.call('SET', KEYS[i], born)
-  end
-  redis.call('INCR', KEYS[i])
+-- KEYS = {gen_key 1..n[, in-flight key 1..n]}; ARGV = {[token...]}.
+-- INCR each counter (a missing one is born at TIME-µs, then incremented); with tokens, end
+-- those in-flight marks on every counter (the confirm of a mark: bump again, then unmark).
+local n = #KEYS
+if #ARGV > 0 then n = n / 2 end
+incr_all(n)
+if #ARGV > 0 then
+  for i = n + 1, #KEYS do redis.call('ZREM', KEYS[i], unpack(ARGV)) end
+end
+return 1
+"""
+)
+
+MARK = (
+    _PRELUDE
+    + r"""
+-- KEYS = {gen_key 1..n, in-flight key 1..n}; ARGV = {token, ttl_ms}.
+-- Before a write's commit goes upstream: bump each counter (old entries become unreachable
+-- at once) and add the token to its in-flight set, live for ttl_ms (fills against a live
+-- mark are refused).  Expired members are dropped; the set expires with its newest member.
+local n = #KEYS / 2
+incr_all(n)
+local now = now_ms()
+for i = n + 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now))
+  redis.call('ZADD', KEYS[i], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
 return 1
 """

@@ -14,6 +14,8 @@ so on one event loop each is as atomic as a Lua script in Redis.
   ``<ms>-<seq>`` chosen as XADD ``*`` would, and in-process subscribers get the identical
   payload through a bounded `asyncio.Queue` each (when a queue is full its oldest event is
   dropped: pub/sub is lossy, replay is not).
+* In-flight marks: per counter, a dict of token → expiry (monotonic clock); a fill is
+  refused while any of its counters has an unexpired one.
 * It never fails, so `available` is always True.
 """
 
@@ -66,6 +68,7 @@ class MemoryBackend(BackendCounters):
         self._last_ids: dict[str, tuple[int, int]] = {}
         self._subscribers: dict[str, list[asyncio.Queue[str]]] = {}
         self._prepared: dict[str, list[str]] = {}
+        self._inflight: dict[str, dict[str, float]] = {}  # counter → token → expiry
         self.evictions = 0
 
     @property
@@ -136,7 +139,7 @@ class MemoryBackend(BackendCounters):
         blob: bytes,
         ttl_ms: int,
     ) -> bool:
-        if self._gens(gen_keys) != expected_gens:
+        if self._gens(gen_keys) != expected_gens or self._in_flight(gen_keys):
             self.fills_refused += 1
             return False
         size = len(entry_key) + len(expected_gens) + 1 + len(blob)
@@ -156,7 +159,18 @@ class MemoryBackend(BackendCounters):
             self._drop(key)
             self.evictions += 1
 
-    async def bump(self, gen_keys: Sequence[str]) -> bool:
+    def _in_flight(self, gen_keys: Sequence[str]) -> bool:
+        now = self._clock()
+        for key in gen_keys:
+            marks = self._inflight.get(key)
+            if marks:
+                for token, expires in list(marks.items()):
+                    if expires > now:
+                        return True
+                    del marks[token]
+        return False
+
+    def _incr(self, gen_keys: Sequence[str]) -> None:
         born: int | None = None
         for key in gen_keys:
             value = self._counters.get(key)
@@ -164,7 +178,29 @@ class MemoryBackend(BackendCounters):
                 born = born if born is not None else time.time_ns() // 1000
                 value = born
             self._counters[key] = value + 1
+
+    async def bump(self, gen_keys: Sequence[str], tokens: Sequence[str] = ()) -> bool:
+        self._incr(gen_keys)
+        for key in gen_keys if tokens else ():
+            marks = self._inflight.get(key)
+            if marks is not None:
+                for token in tokens:
+                    marks.pop(token, None)
+                if not marks:
+                    del self._inflight[key]
         self.bumps += 1
+        return True
+
+    async def mark(self, gen_keys: Sequence[str], token: str, ttl_ms: int) -> bool:
+        self._incr(gen_keys)
+        expires = self._clock() + ttl_ms / 1000
+        now = self._clock()
+        for key in gen_keys:
+            marks = self._inflight.setdefault(key, {})
+            for other in [t for t, e in marks.items() if e <= now]:
+                del marks[other]  # (marks never confirmed: their proxy session ended)
+            marks[token] = expires
+        self.marks += 1
         return True
 
     # --- events ---------------------------------------------------------------------------
@@ -221,3 +257,7 @@ class MemoryBackend(BackendCounters):
 
     async def take_prepared(self, gid_key: str) -> list[str] | None:
         return self._prepared.pop(gid_key, None)
+
+    async def load_prepared(self, gid_key: str) -> list[str] | None:
+        keys = self._prepared.get(gid_key)
+        return list(keys) if keys is not None else None

@@ -9,9 +9,13 @@ the configuration, and offers sessions four things:
 * `fill(...)`: store a captured result if its generations are still current, and release
   the single-flight waiters with it only when the store succeeded (so a waiter never gets
   a result read before a write that was acknowledged before the waiter asked);
-* `invalidate(...)`: the one way in for every invalidation — bump the generations, then
-  publish one event per written table; awaited by the session before the writer's commit
-  is acknowledged (so both the bump and the events precede the writer's ReadyForQuery).
+* `mark(...)`: before a write's commit goes upstream, mark the generations it will bump as
+  in flight (a bump, plus a mark that refuses fills until confirmed or expired), so that no
+  read can go backwards while Postgres shows the commit and the cache does not yet know;
+* `invalidate(...)`: the one way in for every invalidation — bump the generations (again,
+  for those marked, ending the marks), then publish one event per written table; awaited by
+  the session before the writer's commit is acknowledged (so both the bump and the events
+  precede the writer's ReadyForQuery).
 
 The backend never raises and fails open; this module never fails a query either.
 """
@@ -23,8 +27,9 @@ import logging
 import os
 import random
 import socket
+import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +55,21 @@ _SINGLE_FLIGHT_WAIT = 2.0
 # Test hook: a random delay (up to this many ms) between a fill's lookup and its store, to
 # widen the read-fill / invalidate race window in stress tests (PITFALLS E5).
 _FILL_DELAY_MS = float(os.environ.get("PGREACTIVE_TEST_FILL_DELAY_MS", "0") or 0)
+# Test hook: a random delay (up to this many ms) before a confirmed commit's bump, to widen
+# the window in which Postgres shows the commit but the cache does not know it yet.
+_INVALIDATE_DELAY_MS = float(os.environ.get("PGREACTIVE_TEST_INVALIDATE_DELAY_MS", "0") or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Marked:
+    """In-flight marks written for a session's writes, ended by the invalidation that
+    confirms (or abandons) them: their tokens, and the counters they marked."""
+
+    tokens: tuple[str, ...] = ()
+    keys: frozenset[str] = frozenset()
+
+    def __add__(self, other: Marked) -> Marked:
+        return Marked(self.tokens + other.tokens, self.keys | other.keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +131,8 @@ class CacheService:
         self._client_db: dict[int, str] = {}  # catalog connection → its database
         self._catalog_ddl: dict[int, str | None] = {}  # catalog → `ddl` counter it predates
         self._plans: dict[tuple[int, tuple[str | None, ...]], _PlanMemo] = {}
+        self._marks = 0
+        self._mark_prefix = uuid.uuid4().hex[:12]  # tokens unique across instances
 
     async def start(self) -> None:
         await self.backend.start()
@@ -328,18 +350,49 @@ class CacheService:
 
     # --- writes ----------------------------------------------------------------------
 
+    async def mark(self, keys: Iterable[str]) -> Marked:
+        """Before a commit goes upstream: mark `keys` in flight (see `cache.backend`).
+
+        A mark that could not be written leaves the backend unavailable (as a failed bump
+        does) until it heals with an epoch bump, so reads cannot go backwards either way.
+        """
+        self._marks += 1
+        token = f"{self._mark_prefix}-{self._marks}"
+        ttl_ms = int(self.config.cache.inflight_ttl * 1000)
+        await self.backend.mark(sorted(keys), token, ttl_ms)
+        return Marked((token,), frozenset(keys))
+
+    async def mark_prepared(self, database: str, gid: str) -> Marked:
+        """Before COMMIT PREPARED: mark what PREPARE TRANSACTION saved.  An unknown gid is
+        not marked: it was prepared in an aborted transaction (nothing commits; its cached
+        reads stay) or out of the proxy's sight (writes it never saw, like any direct write;
+        `finish_prepared` still invalidates the database after the commit)."""
+        ns = self.context(database).namespace
+        keys = await self.backend.load_prepared(ns.prepared(gid))
+        return await self.mark(keys) if keys else Marked()
+
     async def invalidate(
-        self, database: str, plans: Sequence[WritePlan], *, source: str = "proxy"
+        self,
+        database: str,
+        plans: Sequence[WritePlan],
+        *,
+        source: str = "proxy",
+        marked: Marked = Marked(),
     ) -> bool:
-        """Bump what `plans` invalidate, then publish one event per written table.
+        """Bump what `plans` invalidate and what `marked` marked, ending those marks, then
+        publish one event per written table.
 
         Returns False when the bump failed: the backend is then unavailable and heals by
         bumping the global epoch before it serves anything again (invariant 5).
         """
-        if not plans:
+        if not plans and not marked.tokens:
             return True
-        bumps = sorted(set().union(*(p.bumps for p in plans)))
-        ok = await self.backend.bump(bumps)
+        bumps = sorted(set(marked.keys).union(*(p.bumps for p in plans)))
+        if _INVALIDATE_DELAY_MS:
+            await asyncio.sleep(random.uniform(0, _INVALIDATE_DELAY_MS) / 1000)
+        ok = await self.backend.bump(bumps, marked.tokens)
+        if not plans:
+            return ok  # marks of writes that did not commit: ended, nothing to announce
         if ok and self.catalogs is not None and not any(p.whole_database for p in plans):
             # Planned with a catalog that DDL (through another instance) has since made
             # stale? Then what the write reaches is unknown: invalidate the database.
@@ -401,12 +454,14 @@ class CacheService:
         bumps = sorted(set().union(*(p.bumps for p in plans))) if plans else []
         return await self.backend.save_prepared(ns.prepared(gid), bumps)
 
-    async def finish_prepared(self, database: str, gid: str, committed: bool) -> bool:
+    async def finish_prepared(
+        self, database: str, gid: str, committed: bool, marked: Marked = Marked()
+    ) -> bool:
         """COMMIT/ROLLBACK PREPARED: bump what PREPARE saved (unknown gid: the database)."""
         ns = self.context(database).namespace
         bumps = await self.backend.take_prepared(ns.prepared(gid))
         if not committed:
-            return True
+            return await self.invalidate(database, [], marked=marked)
         plan = WritePlan(
             frozenset(bumps) if bumps is not None else frozenset({ns.epoch}),
             "*",
@@ -415,7 +470,7 @@ class CacheService:
             None,
             whole_database=bumps is None,
         )
-        return await self.invalidate(database, [plan])
+        return await self.invalidate(database, [plan], marked=marked)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -2,17 +2,17 @@
 
 Theory of operation (the data model is in `cache.backend`; the scripts in `cache.lua`):
 
-* Every operation is one round trip: lookup, fill and bump are single Lua scripts (EVALSHA,
+* Every operation is one round trip: lookup, fill, bump and mark are single Lua scripts (EVALSHA,
   reloaded on NOSCRIPT), publish is one script that XADDs and PUBLISHes the identical
-  payload, the rest are single commands.  Lookups (the hot path) and bumps go through
+  payload, the rest are single commands.  Lookups (the hot path) and bumps (marks too) go through
   `cache.resp.RespClient` connections (pipelined, one each); the rest through redis-py.
 * **Timeouts.** Lookups, fills and the rest time out after ``op_timeout`` /
-  ``connect_timeout`` (250 ms by default; redis-py's own retries are off).  A bump — the
-  writer waits for it — is patient: up to `BUMP_ATTEMPT_TIMEOUT` per attempt, retried for
+  ``connect_timeout`` (250 ms by default; redis-py's own retries are off).  A bump or a
+  mark — the writer waits for it — is patient: up to `BUMP_ATTEMPT_TIMEOUT` per attempt, retried for
   `BUMP_DEADLINE` seconds while Redis is believed up, and tried once even while the breaker
   is open.
 * **Fail open.** No operation raises for a Redis failure.  A connection error or timeout on
-  any operation, and *any* error on a bump, marks the backend unavailable and opens the
+  any operation, and *any* error on a bump or mark, marks the backend unavailable and opens the
   circuit breaker: for ``breaker_seconds`` no Redis call is made (lookup → None, fill/bump →
   False, publish/replay → None), then one caller probes.  A Redis *reply* error on an
   operation that cannot lose an invalidation (lookup, fill, publish, replay, 2PC sets; e.g.
@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cache import lua
-from cache.backend import EVENT_ID, BackendCounters, Lookup, check_template
+from cache.backend import EVENT_ID, BackendCounters, Lookup, check_template, inflight_key
 from cache.resp import RespClient, RespError
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class RedisBackend(BackendCounters):
             )
         self._fill = client.register_script(lua.FILL)
         self._bump = client.register_script(lua.BUMP)
+        self._mark = client.register_script(lua.MARK)
         self._publish = client.register_script(lua.PUBLISH)
         self.eviction_policy: str | None = None
 
@@ -163,7 +164,7 @@ class RedisBackend(BackendCounters):
         await self._check_policy()
         try:
             async with asyncio.timeout(self._deadline * 4):
-                for script in (self._lookup, self._fill, self._bump, self._publish):
+                for script in (self._lookup, self._fill, self._bump, self._mark, self._publish):
                     await self._client.script_load(script.script)
         except (RedisError, *_TRANSPORT_ERRORS) as exc:
             log.warning("redis unavailable at start: %s", exc)
@@ -347,8 +348,9 @@ class RedisBackend(BackendCounters):
     ) -> bool:
         gens = expected_gens.encode("ascii")
         entry = b"".join((gens, b"\n", blob))
+        keys = [entry_key, *gen_keys, *map(inflight_key, gen_keys)]
         reply = await self._call(
-            lambda: self._fill(keys=[entry_key, *gen_keys], args=[gens, entry, int(ttl_ms)]),
+            lambda: self._fill(keys=keys, args=[gens, entry, int(ttl_ms)]),
             trip_on_reply_error=False,
         )
         if isinstance(reply, _Failed):
@@ -359,38 +361,56 @@ class RedisBackend(BackendCounters):
         self.fills_refused += 1
         return False
 
-    async def bump(self, gen_keys: Sequence[str]) -> bool:
-        """Invalidate: the writer waits for this, so it is patient where lookups are not.
+    async def bump(self, gen_keys: Sequence[str], tokens: Sequence[str] = ()) -> bool:
+        """Invalidate (and end the marks ``tokens``): the writer waits for this."""
+        if not gen_keys:
+            return True
+        keys = [*gen_keys, *map(inflight_key, gen_keys)] if tokens else list(gen_keys)
+        if not await self._invalidation(self._bump, lua.BUMP, keys, list(tokens)):
+            self.bump_failures += 1
+            return False
+        self.bumps += 1
+        return True
+
+    async def mark(self, gen_keys: Sequence[str], token: str, ttl_ms: int) -> bool:
+        """Before a commit: bump and mark in flight (see `cache.backend`); patient like a
+        bump, and like a failed bump a failed mark opens the breaker (the cache then serves
+        nothing until it has healed), so a write it could not mark never lets a read go
+        backwards."""
+        if not gen_keys:
+            return True
+        keys = [*gen_keys, *map(inflight_key, gen_keys)]
+        if not await self._invalidation(self._mark, lua.MARK, keys, [token, int(ttl_ms)]):
+            self.bump_failures += 1
+            return False
+        self.marks += 1
+        return True
+
+    async def _invalidation(
+        self, script: Any, source: str, keys: list[str], args: list[str | int]
+    ) -> bool:
+        """Run a bump or mark script: the writer waits for it, so it is patient where
+        lookups are not.
 
         A bump that is lost lets other instances serve entries its write made stale, so it
         is tried even while the breaker is open, with long timeouts, and retried for up to
         `BUMP_DEADLINE` seconds while Redis is believed up (a slow Redis under load is not an
         outage).  Only then does it fail (and the breaker opens; healing bumps the epoch).
         """
-        if not gen_keys:
-            return True
         if self._patient is None:
             reply = await self._call(
-                lambda: self._bump(keys=list(gen_keys)), trip_on_reply_error=True
+                lambda: script(keys=keys, args=args), trip_on_reply_error=True
             )
-            if isinstance(reply, _Failed):
-                self.bump_failures += 1
-                return False
-            self.bumps += 1
-            return True
+            return not isinstance(reply, _Failed)
         deadline = self._clock() + (BUMP_DEADLINE if self._available else 0.0)
         while True:
             try:
-                reply = await _run_script(
-                    self._patient, self._bump, lua.BUMP, len(gen_keys), *gen_keys
-                )
+                reply = await _run_script(self._patient, script, source, len(keys), *keys, *args)
                 if isinstance(reply, hiredis.ReplyError):
                     raise RespError(f"bump refused: {reply}")
-                self.bumps += 1
                 return True
             except RespError as exc:
                 if self._clock() >= deadline:
-                    self.bump_failures += 1
                     self._trip(exc)
                     return False
             await asyncio.sleep(0.05)
@@ -438,9 +458,13 @@ class RedisBackend(BackendCounters):
         return not isinstance(reply, _Failed)
 
     async def take_prepared(self, gid_key: str) -> list[str] | None:
-        reply: Any = await self._call(
-            lambda: self._client.getdel(gid_key), trip_on_reply_error=False
-        )
+        return await self._prepared(lambda: self._client.getdel(gid_key))
+
+    async def load_prepared(self, gid_key: str) -> list[str] | None:
+        return await self._prepared(lambda: self._client.get(gid_key))
+
+    async def _prepared(self, op: Callable[[], Awaitable[Any]]) -> list[str] | None:
+        reply: Any = await self._call(op, trip_on_reply_error=False)
         if isinstance(reply, _Failed) or reply is None:
             return None
         keys = json.loads(reply)

@@ -25,6 +25,16 @@ Writes.  Each successful statement's `WritePlan` is collected; at COMMIT (or at 
 ReadyForQuery closing an implicit transaction) the session pauses the upstream stream just
 before the message that tells the client, awaits `CacheService.invalidate`, then goes on
 (invariant 2).  ROLLBACK discards; PREPARE TRANSACTION saves the set for COMMIT PREPARED.
+
+In-flight marks (invariant 9).  Before a message that may commit writes goes upstream — a
+Query or Execute of a write outside an explicit transaction block, a COMMIT with writes
+collected or in flight, COMMIT PREPARED, a FunctionCall — it (and what follows it) is held
+until `CacheService.mark` has marked what the commit will bump (planned from the SQL and
+Bind parameters; the database epoch when unknown).  Each mark is due at the ReadyForQuery
+that ends its message's transaction (counted from the pending requests); the invalidation
+there (or at a COMMIT's CommandComplete, when nothing of that ReadyForQuery's group follows
+the COMMIT) ends it, with a second bump.  Marks of transactions that did not commit are
+ended in the background at their ReadyForQuery; those of a session that ends expire.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from cache import entry
 from cache.backend import Lookup
 from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
 from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
-from cache.service import CacheService, DatabaseContext
+from cache.service import CacheService, DatabaseContext, Marked
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError
@@ -66,6 +76,10 @@ _CAPTURED = frozenset(b"TDC")
 _HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
 _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 _UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
+_READIES = (Request.QUERY, Request.SYNC, Request.FUNCTION_CALL)  # answered by ReadyForQuery
+_STATEMENTS = (Request.QUERY, Request.EXECUTE)
+_MARKED = (Request.EXECUTE, Request.FUNCTION_CALL)  # (and Query) may commit writes
+_WRITE_KINDS = frozenset({Kind.INSERT, Kind.UPDATE, Kind.DELETE, Kind.MERGE})
 _CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
 _REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
 
@@ -179,6 +193,8 @@ class SessionCache:
         self.reread: SettingsReread | None = None
         self._first_reread = True
         self.temporary = False
+        self.marks: list[tuple[int, Marked]] = []  # in-flight marks, by due ReadyForQuery
+        self._readies = 0  # ReadyForQuery messages seen
         self._catalog_waited = False  # this session already waited once for its catalog
         self._digest: tuple[int, bytes] = (-1, b"")
         # Per-statement memos under the current settings (`_settings` clears them): a
@@ -232,11 +248,15 @@ class SessionCache:
             if self._query(entry_, raw, out):
                 return
             self._query_sent()
+            if self._mark_first(entry_, raw, out):
+                return
         elif tag == FrontendTag.SYNC:
             self.executed = self.local_segment = self.unsynced = False
         elif entry_ is not None:
             self._annotate(entry_, raw, out, planned)
             self.unsynced = entry_.request is not Request.FUNCTION_CALL  # (Flush alone: no)
+            if entry_.request in _MARKED and self._mark_first(entry_, raw, out):
+                return
         if entry_ is not None:
             self.session.tracker.push(entry_)
         out.append(raw)
@@ -276,6 +296,8 @@ class SessionCache:
             statement, params = self.client_portals.get(entry_.name, ("", ()))
             entry_.sql = self.client_statements.get(statement, "")
             entry_.params = params
+            if entry_.sql:  # (memoised; the session's CommandComplete reuses it)
+                entry_.analysis = analyze(entry_.sql, options=self._options(self._context()))
             if not planned:
                 self._count_bypass(entry_.sql)
         elif request is Request.FUNCTION_CALL:
@@ -454,8 +476,11 @@ class SessionCache:
                 if self._start_unit(unit, segment, raw, out):
                     return True
                 planned = True  # considered (and counted) already
-        for t, r in segment:
+        for index, (t, r) in enumerate(segment):
             self._forward(t, r, out, planned)
+            if self.held is not None:  # a write's mark is being written: the rest waits
+                self.held.extend([*segment[index + 1 :], (tag, raw)])
+                return True
         return False
 
     def _local_sync(self) -> bool:
@@ -717,7 +742,15 @@ class SessionCache:
         return None
 
     def ready(self) -> None:
-        """ReadyForQuery: fill what was captured if the read ended cleanly outside a txn."""
+        """ReadyForQuery: fill what was captured if the read ended cleanly outside a txn;
+        end the marks due here that no commit ended (nothing committed: in the background)."""
+        self._readies += 1
+        leftover = self._due(self._readies)
+        if leftover.tokens:
+            database = self.session.database
+            self.session.server.spawn(
+                self._end_marks(self.service.invalidate(database, [], marked=leftover))
+            )
         tracker = self.session.tracker
         if self.undeferring:  # those whose Parse failed or was skipped stay deferred
             self.undeferring = {p.name for p in tracker.pending if p.hidden}
@@ -821,7 +854,7 @@ class SessionCache:
         session = self.session
         database = session.database
         if tag == b"COMMIT\x00":
-            return self._flush_writes()
+            return self._flush_writes(self._commit_due(statement))
         txn = statement.transaction if statement is not None else None
         if tag == b"ROLLBACK\x00" and (txn is None or txn.command is not TxnCommand.ROLLBACK_TO):
             self.writes.clear()
@@ -834,7 +867,8 @@ class SessionCache:
             TxnCommand.COMMIT_PREPARED, TxnCommand.ROLLBACK_PREPARED
         ):
             gid, committed = txn.gid, txn.command is TxnCommand.COMMIT_PREPARED
-            return lambda: self.service.finish_prepared(database, gid, committed)
+            marked = self._due(self._commit_due(statement))
+            return lambda: self.service.finish_prepared(database, gid, committed, marked)
         if statement is None:
             self.writes.append(self._unknown_write())
             self.unknown = True
@@ -873,6 +907,12 @@ class SessionCache:
             self.writes.append(plan)
         return None
 
+    async def _end_marks(self, invalidation: Awaitable[bool]) -> None:
+        try:
+            await invalidation
+        except Exception:
+            log.exception("conn=%d ending in-flight marks failed", self.session.id)
+
     def parse_confirmed(self, name: str) -> None:
         """The hidden ParseComplete of a deferred Parse: Postgres has the statement now."""
         self.deferred.pop(name, None)
@@ -892,15 +932,135 @@ class SessionCache:
         """ReadyForQuery with status I: an implicit transaction committed or rolled back."""
         if not committed:
             self.writes.clear()
-            return None
-        return self._flush_writes()
+            return None  # (its marks are ended by `ready`)
+        return self._flush_writes(self._readies + 1)
 
-    def _flush_writes(self) -> Callable[[], Awaitable[object]] | None:
-        if not self.writes:
+    def _flush_writes(self, due: int) -> Callable[[], Awaitable[object]] | None:
+        """The invalidation of the collected writes, ending the marks due by `due`."""
+        marked = self._due(due)
+        if not self.writes and not marked.tokens:
             return None
         plans, self.writes = self.writes, []
         database = self.session.database
-        return lambda: self.service.invalidate(database, plans)
+        return lambda: self.service.invalidate(database, plans, marked=marked)
+
+    # --- in-flight marks -----------------------------------------------------------------
+
+    def _mark_first(self, pending: Pending, raw: bytes, out: list[bytes]) -> bool:
+        """Before a message that may commit writes goes upstream: hold it, and what follows,
+        until what its commit will bump is marked in flight (True: held)."""
+        if not self.service.available:
+            return False  # nothing is served until the backend heals (an epoch bump)
+        keys, gids = self._to_mark(pending)
+        if not keys and not gids:
+            return False
+        tracker = self.session.tracker
+        due = self._readies + 1 + sum(
+            1 for p in tracker.pending if p.request in _READIES and not p.hidden
+        )  # (the ReadyForQuery of the proxy's own hidden Query is not counted)
+        self._hold(out)
+        self.session.server.spawn(self._mark(pending, raw, keys, gids, due))
+        return True
+
+    def _to_mark(self, pending: Pending) -> tuple[set[str], list[str]]:
+        """The counters to mark before `pending` goes upstream, and the 2PC gids it commits.
+
+        Writes outside an explicit transaction block commit with their statement (or at the
+        Sync / end of Query after it); inside one (known when no ReadyForQuery is due)
+        they are marked at COMMIT, with what was collected and what is still in flight."""
+        tracker = self.session.tracker
+        # The status is that of the last ReadyForQuery: current unless another is due.
+        settled = not any(p.request in _READIES for p in tracker.pending)
+        in_block = tracker.status is not TxnStatus.IDLE and settled
+        if in_block and tracker.status is TxnStatus.IN_FAILED_TRANSACTION:
+            return set(), []  # its COMMIT can only roll back
+        context = self._context()
+        analysis = pending.analysis
+        if pending.request is Request.FUNCTION_CALL or not isinstance(analysis, Analysis):
+            return (set() if in_block else {context.namespace.epoch}), []
+        keys: set[str] = set()
+        gids: list[str] = []
+        commits = False
+        for statement in analysis.statements:
+            txn = statement.transaction
+            if txn is not None and txn.command is TxnCommand.COMMIT:
+                commits = True
+            elif txn is not None and txn.command is TxnCommand.COMMIT_PREPARED and txn.gid:
+                gids.append(txn.gid)
+            else:
+                keys |= self._bumps(statement, pending.params, context)
+        if commits:
+            keys.update(*(plan.bumps for plan in self.writes))
+            for other in tracker.pending:
+                if other.request in _STATEMENTS:
+                    keys |= self._predicted(other, context)
+        elif in_block:
+            keys.clear()
+        return keys, gids
+
+    def _predicted(self, pending: Pending, context: DatabaseContext) -> frozenset[str]:
+        """What a statement still in flight may bump (unknown: the database)."""
+        analysis = pending.analysis
+        if not isinstance(analysis, Analysis):
+            return frozenset({context.namespace.epoch})
+        return frozenset().union(
+            *(self._bumps(s, pending.params, context) for s in analysis.statements)
+        )
+
+    def _bumps(
+        self,
+        statement: StatementAnalysis,
+        params: tuple[str | None, ...],
+        context: DatabaseContext,
+    ) -> frozenset[str]:
+        plan = plan_write(statement, context.namespace, context.catalog, self.service.policy,
+                          params)
+        if plan is None and statement.kind in _WRITE_KINDS:
+            return frozenset({context.namespace.epoch})  # Postgres may say it wrote
+        return plan.bumps if plan is not None else frozenset()
+
+    async def _mark(
+        self, pending: Pending, raw: bytes, keys: set[str], gids: list[str], due: int
+    ) -> None:
+        marked = Marked()
+        try:
+            if keys:
+                marked = await self.service.mark(keys)
+            for gid in gids:
+                marked += await self.service.mark_prepared(self.session.database, gid)
+        except Exception:  # the cache never fails a query
+            log.exception("conn=%d in-flight mark failed", self.session.id)
+        finally:
+            self.marks.append((due, marked))
+            if self.session.client is not None:
+                self.session.tracker.push(pending)
+                self.session.send_upstream(raw)
+            self._release([])
+
+    def _due(self, due: int) -> Marked:
+        """Take the marks due by ReadyForQuery number `due`."""
+        taken = Marked()
+        kept: list[tuple[int, Marked]] = []
+        for when, marked in self.marks:
+            if when <= due:
+                taken += marked
+            else:
+                kept.append((when, marked))
+        self.marks = kept
+        return taken
+
+    def _commit_due(self, statement: StatementAnalysis | None) -> int:
+        """Which marks a COMMIT's CommandComplete ends: those of earlier ReadyForQuery
+        groups, and its own group's when nothing of that group follows the COMMIT (else
+        that group's ReadyForQuery ends them)."""
+        pending = self.session.tracker.pending
+        head = pending[0] if pending else None
+        if head is not None and head.request is Request.QUERY:
+            analysis = head.analysis
+            last = not isinstance(analysis, Analysis) or analysis.statements[-1] is statement
+        else:
+            last = len(pending) < 2 or pending[1].request is Request.SYNC
+        return self._readies + (1 if last else 0)
 
     # --- session facts -----------------------------------------------------------------
 

@@ -63,6 +63,7 @@ class CacheConfig:
     ttl: Mapping[str, int] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
     scope_columns: tuple[str, ...] = ("organization_id",)
+    inflight_ttl: float = 30.0  # seconds an unconfirmed in-flight mark lives
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +392,10 @@ def _redis(value: Any) -> tuple[str | None, float]:
 
 def _cache(value: Any) -> CacheConfig:
     raw = _mapping("cache", value)
-    keys = ("enabled", "default_ttl", "max_result_bytes", "ttl", "exclude", "scope_columns")
+    keys = (
+        "enabled", "default_ttl", "max_result_bytes", "ttl", "exclude", "scope_columns",
+        "inflight_ttl",
+    )
     _no_unknown("cache.", raw, dict.fromkeys(keys))
     d = CacheConfig()
     ttl = _mapping("cache.ttl", _optional(raw, "ttl", {}))
@@ -406,6 +410,9 @@ def _cache(value: Any) -> CacheConfig:
         exclude=tuple(_table("cache.exclude", t) for t in exclude),
         scope_columns=_str_list(
             "cache.scope_columns", raw.get("scope_columns", list(d.scope_columns))
+        ),
+        inflight_ttl=_float(
+            "cache.inflight_ttl", raw.get("inflight_ttl", d.inflight_ttl), positive=True
         ),
     )
 

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cache.backend import EVENT_ID, Backend, Lookup, event_template, parse_stream_id
+from cache.backend import (
+    EVENT_ID,
+    Backend,
+    Lookup,
+    event_template,
+    inflight_key,
+    parse_stream_id,
+)
 from cache.memory import MemoryBackend
 from cache.store import RedisBackend
 
@@ -177,6 +184,102 @@ async def test_concurrent_lookups_fills_bumps(backend: Backend) -> None:
         assert (await must_lookup(backend, key)).blob is None
         assert not await backend.fill(key, GENS, pre.gens, b"stale", 60_000)
     assert [(await must_lookup(backend, k)).blob for k in sorted(set(keys))] == [None] * 10
+
+
+# --- in-flight marks (invariant 9) -----------------------------------------------------------
+
+
+async def test_mark_bumps_so_old_entries_miss_and_refuses_fills(backend: Backend) -> None:
+    read = await must_lookup(backend, "t:e:1")
+    assert await backend.fill("t:e:1", GENS, read.gens, b"old", 60_000)
+    assert await backend.mark(["t:gen:a"], "w1", 60_000)  # before the COMMIT goes upstream
+    during = await must_lookup(backend, "t:e:1")
+    assert during.blob is None and during.gens != read.gens  # the old entry is unreachable
+    # A reader that read the counters after the mark: its gens are current, yet refused.
+    assert not await backend.fill("t:e:1", GENS, during.gens, b"maybe old", 60_000)
+    assert (await must_lookup(backend, "t:e:1")).blob is None
+    # Another counter of the same read carries no mark: a read not depending on it fills.
+    other = await must_lookup(backend, "t:e:2", ["t:gen:b", EPOCH])
+    assert await backend.fill("t:e:2", ["t:gen:b", EPOCH], other.gens, b"b", 60_000)
+    assert backend.stats().marks == 1
+
+
+async def test_confirm_bumps_again_and_ends_the_mark(backend: Backend) -> None:
+    assert await backend.mark(["t:gen:a", "t:gen:b"], "w1", 60_000)
+    during = await must_lookup(backend, "t:e:1")
+    assert await backend.bump(["t:gen:a", "t:gen:b"], ["w1"])  # Postgres confirmed
+    # The reader that read during the mark may have read the old rows: refused for good.
+    assert not await backend.fill("t:e:1", GENS, during.gens, b"old", 60_000)
+    after = await must_lookup(backend, "t:e:1")
+    assert [int(v) for v in after.gens.split(",")[:2]] == [
+        int(v) + 1 for v in during.gens.split(",")[:2]
+    ]
+    assert await backend.fill("t:e:1", GENS, after.gens, b"new", 60_000)
+    assert (await must_lookup(backend, "t:e:1")).blob == b"new"
+
+
+async def test_concurrent_marks_end_separately(backend: Backend) -> None:
+    assert await backend.mark(["t:gen:a"], "w1", 60_000)
+    assert await backend.mark(["t:gen:a"], "w2", 60_000)
+    assert await backend.bump(["t:gen:a"], ["w1"])  # the first writer is confirmed
+    read = await must_lookup(backend, "t:e:1")
+    assert not await backend.fill("t:e:1", GENS, read.gens, b"x", 60_000)  # w2 still in flight
+    assert await backend.bump(["t:gen:a"], ["w2"])
+    read = await must_lookup(backend, "t:e:1")
+    assert await backend.fill("t:e:1", GENS, read.gens, b"x", 60_000)
+
+
+async def test_a_mark_expires_on_its_own(backend: Backend) -> None:
+    assert await backend.mark(["t:gen:a"], "lost", 50)  # its proxy died before confirming
+    assert await backend.mark(["t:gen:a"], "live", 60_000)
+    assert await backend.bump(["t:gen:a"], ["live"])
+    read = await must_lookup(backend, "t:e:1")
+
+    async def stored() -> bool:
+        return await backend.fill("t:e:1", GENS, read.gens, b"x", 60_000)
+
+    await eventually(stored, "a fill after the unconfirmed mark's TTL")
+
+
+async def test_a_late_confirm_does_not_end_another_mark(backend: Backend) -> None:
+    assert await backend.mark(["t:gen:a"], "slow", 50)
+
+    async def expired() -> bool:
+        read = await must_lookup(backend, "t:e:0", ["t:gen:a"])
+        return await backend.fill("t:e:0", ["t:gen:a"], read.gens, b"x", 60_000)
+
+    await eventually(expired, "the slow writer's mark expiring")
+    assert await backend.mark(["t:gen:a"], "other", 60_000)
+    assert await backend.bump(["t:gen:a"], ["slow"])  # the slow writer confirms at last
+    read = await must_lookup(backend, "t:e:1")
+    assert not await backend.fill("t:e:1", GENS, read.gens, b"x", 60_000)
+
+
+async def test_prepared_sets_load_without_forgetting(backend: Backend) -> None:
+    assert await backend.save_prepared("t:2pc:g", ["t:gen:a"])
+    assert await backend.load_prepared("t:2pc:g") == ["t:gen:a"]
+    assert await backend.take_prepared("t:2pc:g") == ["t:gen:a"]
+    assert await backend.load_prepared("t:2pc:g") is None
+
+
+async def test_redis_in_flight_sets_expire_and_are_emptied(
+    redis_backend: RedisBackend, direct: aioredis.Redis
+) -> None:
+    assert await redis_backend.mark(["t:gen:a"], "w1", 30_000)
+    key = inflight_key("t:gen:a")
+    assert 0 < await direct.pttl(key) <= 30_000  # it ends on its own if nobody confirms
+    assert await direct.pttl("t:gen:a") == -1  # counters never expire
+    assert await redis_backend.bump(["t:gen:a"], ["w1"])
+    assert not await direct.exists(key)
+
+
+async def test_redis_failed_mark_opens_the_breaker(
+    redis_backend: RedisBackend, direct: aioredis.Redis
+) -> None:
+    await direct.set(inflight_key("t:gen:wrongtype"), "not a set")
+    assert not await redis_backend.mark(["t:gen:wrongtype"], "w1", 30_000)
+    assert not redis_backend.available  # serves nothing until healed (an epoch bump)
+    assert redis_backend.bump_failures == 1
 
 
 # --- memory backend -----------------------------------------------------------------------

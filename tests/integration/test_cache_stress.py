@@ -12,8 +12,18 @@ store, which makes the read-fill / invalidate race (E5) happen often; the test c
 did happen (refused fills) and that the cache was really used (hits), so it cannot pass by
 never caching.
 
-The outcome is deterministic: the assertion is that *zero* stale reads were observed (a
-correct proxy never produces one, whatever the interleaving).  Timeouts are hang guards.
+Reads never go backwards either (invariant 9, issue 9 point 3): every read is recorded with
+the test's own monotonic clock at its start and end, and afterwards each read is compared
+with every read of the same row that *ended before it started*, in the same session and
+across sessions (either proxy): none may return an older version.  Both proxies also run with
+``PGREACTIVE_TEST_INVALIDATE_DELAY_MS``, which delays each invalidation after Postgres has
+confirmed the commit, widening the window in which the commit is visible in Postgres but the
+cache still holds the old version (without in-flight marks that window gives backwards reads
+by the hundred).  Ordering comes from the clock, never durations: nothing asserts on timing.
+
+The outcome is deterministic: the assertion is that *zero* stale and *zero* backwards reads
+were observed (a correct proxy never produces one, whatever the interleaving).  Timeouts are
+hang guards.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ READERS = 8
 TARGET_OPS = 20_000
 WRITER_PAUSE = 0.2  # each writer sleeps uniform(0, this) s between writes: keeps hits possible
 FILL_DELAY_MS = "20"
+INVALIDATE_DELAY_MS = "20"
 GUARD = 150.0  # hang guard for the whole run (expected: well under 30 s)
 CONNECT_TIMEOUT = 20.0
 
@@ -78,8 +89,12 @@ def table() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def proxies(table: str) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
-    """Two caching proxies sharing the default Redis, fills delayed by up to 20 ms."""
-    env = {"PGREACTIVE_TEST_FILL_DELAY_MS": FILL_DELAY_MS}
+    """Two caching proxies sharing the default Redis, fills and invalidations delayed by up
+    to 20 ms."""
+    env = {
+        "PGREACTIVE_TEST_FILL_DELAY_MS": FILL_DELAY_MS,
+        "PGREACTIVE_TEST_INVALIDATE_DELAY_MS": INVALIDATE_DELAY_MS,
+    }
     first = start_caching_proxy(env=env)
     try:
         second = start_caching_proxy(env=env)
@@ -108,6 +123,17 @@ def _assert_healthy(proxy: ProxyProcess) -> None:
     assert not crash, "unhandled exception in the proxy:\n" + proxy.log
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One completed read: which row, what it returned, when (test clock) and where."""
+
+    key: int
+    version: int
+    start: float
+    end: float
+    session: str
+
+
 @dataclass
 class Run:
     """Shared state of one stress run (one event loop, so no locks are needed)."""
@@ -117,6 +143,7 @@ class Run:
     reads: Counter[str] = field(default_factory=Counter)
     writes: Counter[str] = field(default_factory=Counter)
     stale: list[str] = field(default_factory=list)
+    log: list[Read] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -221,7 +248,9 @@ async def _reader(run: Run, conn: Conn, mode: str, where: str, seed: int) -> Non
     while not run.done.is_set():
         k = rng.randrange(KEYS)
         floor = run.acked[k]  # snapshot before the read is sent
+        start = time.monotonic()
         version = await read(k)
+        run.log.append(Read(k, version, start, time.monotonic(), f"{mode} via {where}"))
         if version < floor:
             run.stale.append(
                 f"{_now()} {mode} read via {where}: id={k} returned version {version}, but version"
@@ -246,7 +275,7 @@ async def _stress(proxies: tuple[ProxyProcess, ProxyProcess], table: str) -> Run
             proxy, mode = proxies[i % 2], READ_MODES[(i // 2) % len(READ_MODES)]
             conn = await _connect(proxy, mode)
             conns.append(conn)
-            jobs.append(_reader(run, conn, mode, f"proxy {i % 2}", seed=2000 + i))
+            jobs.append(_reader(run, conn, mode, f"proxy {i % 2} #{i}", seed=2000 + i))
         try:
             async with asyncio.timeout(GUARD):
                 async with asyncio.TaskGroup() as group:
@@ -260,6 +289,43 @@ async def _stress(proxies: tuple[ProxyProcess, ProxyProcess], table: str) -> Run
     return run
 
 
+def backwards_reads(reads: list[Read]) -> list[tuple[Read, Read]]:
+    """Each read that returned an older version than some read of the same row that had
+    ended before it started, with the newest such earlier read: (earlier, later)."""
+    found: list[tuple[Read, Read]] = []
+    by_key: dict[int, list[Read]] = {}
+    for read in reads:
+        by_key.setdefault(read.key, []).append(read)
+    for rows in by_key.values():
+        ended = sorted(rows, key=lambda r: r.end)
+        newest: Read | None = None  # the newest version among reads ended so far
+        i = 0
+        for read in sorted(rows, key=lambda r: r.start):
+            while i < len(ended) and ended[i].end < read.start:
+                if newest is None or ended[i].version > newest.version:
+                    newest = ended[i]
+                i += 1
+            if newest is not None and read.version < newest.version:
+                found.append((newest, read))
+    return found
+
+
+def test_backwards_reads_are_found() -> None:
+    """The checker itself: a read that starts after a newer read ended is backwards, one
+    that overlaps it is not, in the same session or another."""
+    reads = [
+        Read(0, 2, 0.0, 1.0, "a"),
+        Read(0, 1, 0.5, 2.0, "b"),  # overlaps the first: may return the older version
+        Read(0, 1, 1.5, 3.0, "b"),  # started after version 2 was returned: backwards
+        Read(1, 1, 4.0, 5.0, "a"),  # another row: unrelated
+        Read(0, 2, 6.0, 7.0, "a"),
+        Read(0, 0, 8.0, 9.0, "a"),  # backwards, in the same session
+    ]
+    found = backwards_reads(reads)
+    assert [(a.start, b.start) for a, b in found] == [(0.0, 1.5), (0.0, 8.0)]
+    assert [a.session == b.session for a, b in found] == [False, True]
+
+
 async def test_no_stale_read_across_two_proxies_under_load(
     proxies: tuple[ProxyProcess, ProxyProcess], table: str
 ) -> None:
@@ -269,8 +335,11 @@ async def test_no_stale_read_across_two_proxies_under_load(
     delta = {name: after[name] - before[name] for name in COUNTED}
     reads = sum(run.reads.values())
     summary = f"reads {dict(run.reads)}, writes {dict(run.writes)}, cache {delta}"
+    backwards = backwards_reads(run.log)
+    same_session = sum(1 for a, b in backwards if a.session == b.session)
+    print(f"{summary}; backwards reads: {len(backwards)} ({same_session} within a session)")
 
-    if run.stale:
+    if run.stale or backwards:
         warnings = [
             f"proxy {i}: {line}"
             for i, p in enumerate(proxies)
@@ -278,8 +347,15 @@ async def test_no_stale_read_across_two_proxies_under_load(
             if "WARNING" in line or "ERROR" in line
         ]
         pytest.fail(
-            f"{len(run.stale)} stale reads ({summary}); first ones:\n"
+            f"{len(run.stale)} stale reads and {len(backwards)} backwards reads"
+            f" ({same_session} within a session) ({summary}); first ones:\n"
             + "\n".join(run.stale[:20])
+            + "\n"
+            + "\n".join(
+                f"id={b.key}: {b.session} returned version {b.version} at +{b.start - a.end:.4f}"
+                f" s after {a.session} had returned version {a.version}"
+                for a, b in backwards[:20]
+            )
             + f"\n{len(warnings)} proxy warnings, first ones:\n"
             + "\n".join(warnings[:40])
         )
