@@ -58,7 +58,7 @@ from cache.service import CacheService, DatabaseContext, Marked
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError
-from proxy.state import REREAD_SQL, decode_reread
+from proxy.state import REREAD_SQL, STARTUP_SQL, decode_reread
 from proxy.tracker import SYNC_ENTRY, Pending, Request, pending_for
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ _MARKED = (Request.EXECUTE, Request.FUNCTION_CALL)  # (and Query) may commit wri
 _WRITE_KINDS = frozenset({Kind.INSERT, Kind.UPDATE, Kind.DELETE, Kind.MERGE})
 _CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
 _REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
+_STARTUP_QUERY = codec.message(FrontendTag.QUERY, STARTUP_SQL.encode() + b"\x00")
 
 
 def _cstring(text: str) -> bytes:
@@ -833,8 +834,9 @@ class SessionCache:
         at_start, self._first_reread = self._first_reread, False
         self.reread = SettingsReread(at_start)
         self._hold([])
-        self._push_hidden(Pending(Request.QUERY, sql=REREAD_SQL, hidden=True, capture=self.reread))
-        session.send_upstream(_REREAD_QUERY)
+        sql, query = (STARTUP_SQL, _STARTUP_QUERY) if at_start else (REREAD_SQL, _REREAD_QUERY)
+        self._push_hidden(Pending(Request.QUERY, sql=sql, hidden=True, capture=self.reread))
+        session.send_upstream(query)
 
     def _reread_done(self, reread: SettingsReread) -> None:
         self.reread = None

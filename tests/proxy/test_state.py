@@ -10,6 +10,7 @@ from proxy.state import (
     DEFAULT,
     REREAD_SQL,
     RESULT_SETTINGS,
+    STARTUP_SQL,
     Settings,
     decode_reread,
     startup_settings,
@@ -197,8 +198,9 @@ def test_decode_reread(row: bytes | None, expected: object) -> None:
 
 
 def test_reread_sql_reads_every_result_setting() -> None:
-    for name in RESULT_SETTINGS:
-        assert f"current_setting('{name}', true)" in REREAD_SQL
+    for sql in (REREAD_SQL, STARTUP_SQL):
+        for name in RESULT_SETTINGS:
+            assert f"current_setting('{name}', true)" in sql
 
 
 def test_resync_at_start_is_what_reset_returns_to() -> None:
