@@ -159,6 +159,7 @@ class Reloader:
         if {"log.level", "log.format"} & set(plan.applied):
             setup_logging(plan.config)
         self.server.config = plan.config
+        self.server.reload_tls()
         if self.cache is not None:
             self.cache.reload(plan.config)
         for key in plan.restart:
@@ -179,8 +180,9 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     cache = None
     if config.cache.enabled:
         cache = _cache_service(config, stats, Latency(registry))
+    server = Server(config, cache, stats)  # (loads the TLS files: may raise ConfigError)
+    if cache is not None:
         await cache.start()
-    server = Server(config, cache, stats)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -245,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    except ConfigError as exc:  # a TLS file that cannot be used
+        print(f"pgreactive: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -180,6 +180,9 @@ def encode_startup(message: StartupMessage) -> bytes:
     return (len(body) + 4).to_bytes(4, "big") + bytes(body)
 
 
+SSL_REQUEST = (8).to_bytes(4, "big") + SSL_REQUEST_CODE.to_bytes(4, "big")  # SSLRequest (F)
+
+
 def encode_cancel_request(pid: int, secret: bytes) -> bytes:
     """CancelRequest (F)."""
     body = CANCEL_REQUEST_CODE.to_bytes(4, "big") + pid.to_bytes(4, "big") + secret

@@ -36,6 +36,12 @@ class MessageTooLarge(ProtocolViolation):
     """A client message longer than the configured maximum."""
 
 
+class TLSRequired(ProxyError):
+    """A plaintext client while `tls.required` is set (as pg_hba's hostssl refuses it)."""
+
+    sqlstate = "28000"
+
+
 class UpstreamUnavailable(ProxyError):
     """The proxy could not reach, or lost, its upstream Postgres."""
 

@@ -13,10 +13,11 @@ import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.errors import ShuttingDown
 from proxy.metrics import Stats
 from proxy.session import ClientSession
+from proxy.tls import UpstreamTLS, client_context
 from proxy.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ class Server:
         self.config = config
         self.cache = cache
         self.stats = stats if stats is not None else (cache.stats if cache else Stats())
+        # TLS: raises ConfigError for a certificate file that cannot be used.
+        self.client_tls = client_context(config.tls)  # None: SSLRequest is answered N
+        self.upstream_tls = UpstreamTLS.from_config(config.upstream)
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
@@ -54,6 +58,16 @@ class Server:
             self.config.upstream.url(),
             "on" if self.config.cache.enabled else "off",
         )
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read the client certificate files again (new connections use them);
+        when they cannot be used, keep the running certificate."""
+        try:
+            self.client_tls = client_context(self.config.tls)
+        except ConfigError as exc:
+            log.error("TLS reload failed, keeping the running certificate: %s", exc)
+            return
+        log.info("TLS %s", "certificate loaded" if self.client_tls else "off")
 
     def bound_address(self) -> str:
         assert self._listener is not None
@@ -88,7 +102,10 @@ class Server:
     async def _cancel(self, pid: int, secret: bytes) -> None:
         upstream = self.config.upstream
         try:
-            await send_cancel(upstream.host, upstream.port, pid, secret, upstream.connect_timeout)
+            await send_cancel(
+                upstream.host, upstream.port, pid, secret, upstream.connect_timeout,
+                self.upstream_tls,
+            )  # fmt: skip
         except (OSError, TimeoutError) as exc:
             log.warning("could not forward cancel request for pid %d: %s", pid, exc)
 

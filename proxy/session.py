@@ -5,7 +5,8 @@ the pure parts: `FrontendReader` (client framing), `BackendScanner` (upstream fr
 `Tracker` (what is in flight, what exists upstream).  States:
 
     STARTUP ──StartupMessage──▶ CONNECTING ──connected──▶ AUTHENTICATING ──AuthenticationOk──▶ READY
-       │ SSLRequest/GSSENCRequest: answer 'N', stay                                   │
+       │ SSLRequest: 'S' + TLS with a certificate, else 'N'; GSSENCRequest: 'N'       │
+       │ TLS ClientHello (direct TLS): TLS with a certificate, else close             │
        │ CancelRequest: forward upstream, close                                       ▼
        └ replication=… : RAW (bytes relayed untouched)                             CLOSED
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
@@ -34,10 +36,12 @@ from proxy.errors import (
     ProtocolViolation,
     ProxyError,
     ShuttingDown,
+    TLSRequired,
     UpstreamUnavailable,
 )
 from proxy.framing import BackendScanner, FrontendReader
 from proxy.state import Settings
+from proxy.tls import ClientTLS, describe
 from proxy.tracker import SYNC_ENTRY, Pending, Request, Tracker, pending_for
 from proxy.upstream import UpstreamProtocol, connect
 
@@ -140,6 +144,7 @@ class ClientSession(asyncio.Protocol):
         self.id = next(_ids)
         self.state = State.STARTUP
         self.client: asyncio.Transport | None = None
+        self.tls: ClientTLS | None = None  # the client's TLS, once started
         self.upstream: UpstreamProtocol | None = None
         self.reader = FrontendReader(server.config.limits.max_message_bytes)
         self.scanner = BackendScanner(_DECODED)
@@ -226,9 +231,13 @@ class ClientSession(asyncio.Protocol):
 
     def _startup(self, data: bytes) -> None:
         if data[:1] == b"\x16" and not self.reader.pending():
-            # A TLS ClientHello without SSLRequest (PG 17 direct TLS): not supported here,
-            # and never to be parsed as a start-up packet (PITFALLS A4).
-            self.close()
+            # A TLS ClientHello without SSLRequest (PG 17 direct TLS), never to be parsed
+            # as a start-up packet (PITFALLS A4): TLS if we have a certificate, else close.
+            context = self.server.client_tls
+            if context is None or self.tls is not None:
+                self.close()
+            else:
+                self._start_tls(context, data, direct=True)
             return
         packets = self.reader.feed(data)
         while packets:
@@ -241,6 +250,15 @@ class ClientSession(asyncio.Protocol):
 
     def _startup_packet(self, packet: codec.StartupPacket) -> None:
         match packet:
+            case codec.SSLRequest() | codec.GSSENCRequest() if self.tls is not None:
+                raise ProtocolViolation("SSLRequest or GSSENCRequest inside TLS")
+            case codec.SSLRequest() if self.server.client_tls is not None:
+                if self.reader.pending():
+                    # Bytes sent before the handshake are not protected by it: a man in the
+                    # middle may have injected them (CVE-2021-23214).  Refuse, in plaintext.
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                self.write_client(b"S")
+                self._start_tls(self.server.client_tls, b"", direct=False)
             case codec.SSLRequest() | codec.GSSENCRequest():
                 self.write_client(b"N")  # not supported: the client goes on in plaintext
             case codec.CancelRequest(pid=pid, secret=secret):
@@ -250,6 +268,15 @@ class ClientSession(asyncio.Protocol):
                 self.client.close()
             case codec.StartupMessage():
                 self._begin(packet)
+
+    def _start_tls(self, context: ssl.SSLContext, first: bytes, *, direct: bool) -> None:
+        """Put TLS between the client's socket and this session: from now on `client` is
+        the TLS transport and `data_received` gets plaintext (after the handshake)."""
+        assert self.client is not None
+        self.tls = ClientTLS(context, self.client, self, alpn_required=direct, conn=self.id)
+        self.client = self.tls
+        if first:
+            self.tls.data_received(first)
 
     def _begin(self, startup: codec.StartupMessage) -> None:
         params = dict(startup.parameters)
@@ -263,6 +290,12 @@ class ClientSession(asyncio.Protocol):
                 del params[name]
         if "user" not in params:
             raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+        if self.tls is None and self.server.config.tls.required:
+            database = params.get("database") or params["user"]
+            raise TLSRequired(
+                f"pgreactive requires TLS (tls.required): connection from {self._peer} for "
+                f'user "{params["user"]}", database "{database}" is not encrypted'
+            )
         self.startup = codec.StartupMessage(3, 0, params)
         self.settings = Settings.from_startup(params)
         raw = params.get("replication", "false").lower() not in ("false", "off", "no", "0")
@@ -273,12 +306,14 @@ class ClientSession(asyncio.Protocol):
     async def _connect(self) -> None:
         upstream = self.server.config.upstream
         try:
-            protocol = await connect(self, upstream.host, upstream.port, upstream.connect_timeout)
+            protocol = await connect(
+                self, upstream.host, upstream.port, upstream.connect_timeout,
+                self.server.upstream_tls,
+            )  # fmt: skip
         except (OSError, TimeoutError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             self.fail(
                 UpstreamUnavailable(
-                    f"could not connect to upstream server {upstream.url()}: {reason}"
+                    f"could not connect to upstream server {upstream.url()}: {describe(exc)}"
                 )
             )
             return
