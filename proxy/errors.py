@@ -42,6 +42,13 @@ class TLSRequired(ProxyError):
     sqlstate = "28000"
 
 
+class ChannelBindingUnavailable(ProxyError):
+    """A SCRAM login Postgres would refuse: the client can bind to its TLS channel, but the
+    proxy hid SCRAM-SHA-256-PLUS, which Postgres offered on its own TLS connection."""
+
+    sqlstate = "28000"
+
+
 class UpstreamUnavailable(ProxyError):
     """The proxy could not reach, or lost, its upstream Postgres."""
 

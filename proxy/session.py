@@ -32,6 +32,7 @@ from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus, decode_bind_names
 from proxy.errors import (
+    ChannelBindingUnavailable,
     InternalError,
     ProtocolViolation,
     ProxyError,
@@ -159,6 +160,7 @@ class ClientSession(asyncio.Protocol):
         self._early: list[bytes] = []  # client bytes that arrived while connecting
         self._raw_after_connect = False  # a replication session: relay bytes untouched
         self._auth_expects_response = False  # Postgres asked for a password / SASL message
+        self._plus_hidden = False  # SCRAM-SHA-256-PLUS removed from the offer (see below)
         self._held_at_auth: list[tuple[int, bytes]] = []  # sent before AuthenticationOk
         self._upstream_closing = False  # we ended it, or Postgres sent FATAL
         self._peer = "?"
@@ -331,6 +333,7 @@ class ClientSession(asyncio.Protocol):
             self.send_upstream(self.reader.pending() + b"".join(early))
             return
         self.state = State.AUTHENTICATING
+        self.capture_all(True)  # the first Authentication message whole (it may be rewritten)
         self.data_received(b"".join(early))
 
     def _authenticate(self, data: bytes) -> None:
@@ -343,6 +346,8 @@ class ClientSession(asyncio.Protocol):
         for tag, raw in self.reader.feed(data):
             if tag == FrontendTag.PASSWORD and not self._held_at_auth:
                 self._auth_expects_response = False
+                if self._plus_hidden:
+                    self._check_channel_binding(raw)
                 self.send_upstream(raw)
             elif self._auth_expects_response:
                 raise ProtocolViolation(
@@ -542,8 +547,8 @@ class ClientSession(asyncio.Protocol):
                 self.settings.reported(name, value)
                 replacement = None
             elif self.state is not State.READY or tag == BackendTag.BACKEND_KEY_DATA:
-                self._startup_reply(tag, payload)  # BackendKeyData follows AuthenticationOk
-                replacement = None
+                # (BackendKeyData follows AuthenticationOk.)
+                replacement = self._startup_reply(tag, payload)
             else:
                 barrier: Barrier | None = None
                 head = tracker.pending[0] if tracker.pending else None
@@ -719,10 +724,12 @@ class ClientSession(asyncio.Protocol):
         self.resume_upstream("barrier")
         self._relay_guarded(data, messages, index, written, per_message)
 
-    def _startup_reply(self, tag: int, payload: bytes) -> None:
-        """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs."""
+    def _startup_reply(self, tag: int, payload: bytes) -> bytes | None:
+        """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs;
+        returns what to send the client instead of this message (None: itself)."""
         if tag == BackendTag.AUTHENTICATION:
             code = codec.auth_code(payload)
+            self.capture_all(False)  # seen whole: the rest is relayed in chunks again
             if code == codec.AuthCode.OK:
                 self.state = State.READY  # authenticated: what follows is relayed
                 self._auth_expects_response = False
@@ -730,10 +737,39 @@ class ClientSession(asyncio.Protocol):
                 self._auth_expects_response = code not in (
                     codec.AuthCode.SASL_FINAL, codec.AuthCode.OK
                 )
+            if code == codec.AuthCode.SASL:
+                return self._offer_sasl(payload)
         elif tag == BackendTag.BACKEND_KEY_DATA:
             self.backend_key = codec.decode_backend_key_data(payload)
         elif tag == BackendTag.ERROR_RESPONSE:
             self._error(payload)
+        return None
+
+    def _offer_sasl(self, payload: bytes) -> bytes | None:
+        """AuthenticationSASL without SCRAM-SHA-256-PLUS.
+
+        Channel binding cannot be relayed: its tls-server-end-point data is a hash of the
+        certificate of the TLS session the client sees, which is ours, never the one Postgres
+        checks against (PITFALLS A8b).  Postgres offers -PLUS only on a TLS connection, and
+        there it refuses a client that says it could bind but thinks the server cannot (gs2
+        flag ``y``, what libpq on TLS sends when -PLUS is not offered): `_authenticate`
+        refuses that login itself, with a message that says what to change."""
+        mechanisms = codec.sasl_mechanisms(payload)
+        if "SCRAM-SHA-256-PLUS" not in mechanisms:
+            return None
+        self._plus_hidden = True
+        return codec.authentication_sasl([m for m in mechanisms if m != "SCRAM-SHA-256-PLUS"])
+
+    def _check_channel_binding(self, raw: bytes) -> None:
+        """The SASLInitialResponse after `_offer_sasl` hid -PLUS: refuse gs2 flag ``y``."""
+        self._plus_hidden = False
+        _, data = codec.decode_sasl_initial_response(raw[5:])
+        if data[:1] == b"y":
+            raise ChannelBindingUnavailable(
+                "SCRAM channel binding cannot pass through pgreactive: Postgres offers it on "
+                "its TLS connection and would refuse this client, which uses TLS too; "
+                "connect with channel_binding=disable (or use upstream.sslmode=disable)"
+            )
 
     def _error(self, payload: bytes) -> None:
         self._error_since_ready = True
