@@ -191,15 +191,18 @@ class ClientTLS(asyncio.Transport, asyncio.Protocol):
 
     def _read(self) -> bytes:
         chunks: list[bytes] = []
+        incoming, sslobj = self._incoming, self._ssl
         while True:
             try:
-                chunk = self._ssl.read(self._READ_SIZE)
+                chunk = sslobj.read(self._READ_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                 break
             if not chunk:  # the client's close_notify
                 self._raw.close()
                 break
             chunks.append(chunk)
+            if not incoming.pending and not sslobj.pending():
+                break  # all read: spare the exception another read would raise
         self._flush()  # reading may answer (a key update)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
