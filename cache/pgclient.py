@@ -53,8 +53,7 @@ from proxy.codec import (
     encode_startup,
     message,
 )
-from proxy.tls import UpstreamTLS, describe
-from proxy.upstream import open_connection
+from proxy.tls import UpstreamTLS, describe, open_connection
 
 Row = tuple[str | None, ...]
 
@@ -262,7 +261,7 @@ class PgClient:
 
         `timeout` bounds the whole start-up and is the default bound of each `query`.
         With `tls` (TCP only), the connection starts with an SSLRequest, as the proxy's
-        own upstream connections do (`proxy.upstream.open_connection`).
+        own upstream connections do (`proxy.tls.open_connection`).
         """
         try:
             return await asyncio.wait_for(

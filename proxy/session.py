@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
@@ -47,6 +46,8 @@ from proxy.tracker import SYNC_ENTRY, Pending, Request, Tracker, pending_for
 from proxy.upstream import UpstreamProtocol, connect
 
 if TYPE_CHECKING:
+    import ssl
+
     from proxy.caching import SessionCache
     from proxy.server import Server
 

@@ -9,6 +9,12 @@ Shell module (it loads files and drives `ssl` objects).
 * `UpstreamTLS.from_config()` turns `upstream.sslmode` and friends into what a connection
   to Postgres needs (libpq's meanings): a context that verifies as much as the mode asks,
   and whether a server that answers `N` to SSLRequest may be used in plaintext.
+  `open_connection()` opens every connection to Postgres (sessions, cancels, catalog):
+  with TLS, the SSLRequest's one-byte answer is read before anything else; `S` starts
+  TLS, `N` goes on in plaintext only when the sslmode allows it (prefer).  Anything else,
+  or more than one byte before the handshake (bytes a man in the middle could have
+  injected, CVE-2021-23222), ends the attempt; an ErrorResponse answer is never shown
+  (CVE-2024-10977).
 * `ClientTLS` is server-side TLS on a client's socket, over `ssl.MemoryBIO`.  It sits
   between the raw transport (whose protocol it becomes: ciphertext in) and the session
   (whose transport it becomes: plaintext out, encrypted as it is written).  Not
@@ -23,9 +29,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from proxy import codec
 from proxy.config import ConfigError, TLSConfig, UpstreamConfig
 from proxy.errors import ProtocolViolation
 
@@ -120,6 +128,64 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+class UpstreamTLSError(OSError):
+    """The upstream's TLS could not be set up as the sslmode requires."""
+
+
+class _SSLAnswer(asyncio.Protocol):
+    """Waits for the server's answer to SSLRequest."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.extra = bytearray()  # bytes after the answer's first chunk
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+        else:
+            self.extra += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionResetError("server closed the connection"))
+
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_connection(
+    factory: Callable[[], P], host: str, port: int, tls: UpstreamTLS | None
+) -> tuple[asyncio.Transport, P]:
+    """A connection to Postgres with `factory`'s protocol on it, TLS as `tls` says."""
+    loop = asyncio.get_running_loop()
+    if tls is None:
+        return await loop.create_connection(factory, host, port)
+    raw, answer = await loop.create_connection(_SSLAnswer, host, port)
+    try:
+        raw.write(codec.SSL_REQUEST)
+        reply = await answer.answer + answer.extra
+        protocol = factory()
+        if reply[:1] == b"S" and len(reply) > 1:
+            raise UpstreamTLSError("received unencrypted data after SSL response")
+        transport: asyncio.Transport | None = raw
+        if reply == b"S":
+            transport = await loop.start_tls(
+                raw, protocol, tls.context, server_hostname=tls.server_hostname
+            )
+        elif reply == b"N" and not tls.required:
+            raw.set_protocol(protocol)
+        elif reply == b"N":
+            raise UpstreamTLSError("server does not support SSL, but SSL was required")
+        else:
+            raise UpstreamTLSError(f"received invalid response to SSL negotiation: {reply[:1]!r}")
+    except BaseException:
+        raw.close()
+        raise
+    assert transport is not None  # (start_tls returns None only after close)
+    protocol.connection_made(transport)
+    return transport, protocol
 
 
 class ClientTLS(asyncio.Transport, asyncio.Protocol):
@@ -228,7 +294,12 @@ class ClientTLS(asyncio.Transport, asyncio.Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             return
-        self._ssl.write(data)
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:  # e.g. after the client's close_notify
+            log.info("conn=%d TLS: cannot write (%s); closing", self._conn, describe(exc))
+            self.abort()
+            return
         self._raw.write(self._outgoing.read())
 
     def close(self) -> None:
