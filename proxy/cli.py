@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from prometheus_client import CollectorRegistry
 
+from proxy import tls
 from proxy.config import Config, ConfigError, load, plan_reload, read_config_file
 
 if TYPE_CHECKING:
@@ -180,9 +181,8 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     cache = None
     if config.cache.enabled:
         cache = _cache_service(config, stats, Latency(registry))
-    server = Server(config, cache, stats)  # (loads the TLS files: may raise ConfigError)
-    if cache is not None:
         await cache.start()
+    server = Server(config, cache, stats)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,18 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _config(args, dict(os.environ))
+        tls.contexts(config)  # the certificate files can be used (the server loads them again)
     except ConfigError as exc:
         print(f"pgreactive: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config)
     import uvloop
 
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(config, lambda: _config(args, dict(os.environ))))
-    except ConfigError as exc:  # a TLS file that cannot be used
-        print(f"pgreactive: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config, lambda: _config(args, dict(os.environ))))
     return 0
 
 

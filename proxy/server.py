@@ -17,7 +17,7 @@ from proxy.config import Config, ConfigError
 from proxy.errors import ShuttingDown
 from proxy.metrics import Stats
 from proxy.session import ClientSession
-from proxy.tls import UpstreamTLS, client_context
+from proxy.tls import client_context, contexts
 from proxy.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -35,9 +35,8 @@ class Server:
         self.config = config
         self.cache = cache
         self.stats = stats if stats is not None else (cache.stats if cache else Stats())
-        # TLS: raises ConfigError for a certificate file that cannot be used.
-        self.client_tls = client_context(config.tls)  # None: SSLRequest is answered N
-        self.upstream_tls = UpstreamTLS.from_config(config.upstream)
+        # None: SSLRequest is answered N / sslmode=disable.  (ConfigError for a bad file.)
+        self.client_tls, self.upstream_tls = contexts(config)
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None

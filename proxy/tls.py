@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from proxy import codec
-from proxy.config import ConfigError, TLSConfig, UpstreamConfig
+from proxy.config import Config, ConfigError, TLSConfig, UpstreamConfig
 from proxy.errors import ProtocolViolation
 
 log = logging.getLogger("pgreactive.tls")
@@ -115,6 +115,12 @@ class UpstreamTLS:
                 context, ("upstream.sslcert", config.sslcert), ("upstream.sslkey", config.sslkey)
             )
         return cls(context, mode != "prefer", config.host)
+
+
+def contexts(config: Config) -> tuple[ssl.SSLContext | None, UpstreamTLS | None]:
+    """Both legs' TLS, every file read now: the client side's context (None: no TLS) and
+    the upstream's settings (None: disable).  A file that cannot be used: ConfigError."""
+    return client_context(config.tls), UpstreamTLS.from_config(config.upstream)
 
 
 def describe(exc: BaseException) -> str:
