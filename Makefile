@@ -6,7 +6,10 @@ LISTEN ?= 127.0.0.1:6543
 UPSTREAM ?= postgresql://127.0.0.1:5432
 METRICS ?= 127.0.0.1:9187
 
-.PHONY: run test lint install
+CERT_DIR ?= .dev-certs
+CERT_CN ?= localhost
+
+.PHONY: run test lint install dev-certs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +29,14 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check proxy analyzer cache tests bench
 	$(VENV)/bin/mypy
+
+# A self-signed certificate for trying TLS (docs/tls.md), valid for localhost and 127.0.0.1:
+#   make dev-certs && make run ARGS="--config tls.yaml"   (tls.yaml: see docs/tls.md)
+# Clients verify it with sslmode=verify-full sslrootcert=$(CERT_DIR)/server.crt.
+dev-certs:
+	mkdir -p $(CERT_DIR)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+	  -subj "/CN=$(CERT_CN)" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(CERT_DIR)/server.key -out $(CERT_DIR)/server.crt 2>/dev/null
+	chmod 600 $(CERT_DIR)/server.key
+	@echo "$(CERT_DIR)/server.crt and $(CERT_DIR)/server.key (CN=$(CERT_CN))"

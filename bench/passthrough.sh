@@ -17,6 +17,10 @@
 #        THREADS=2 (pgbench -j is min(THREADS, clients))  PROXY_ARGS= (extra pgreactive flags)
 #        SRC=repo root (where `python -m proxy` runs from, e.g. a `git archive HEAD` snapshot)
 #        FLOOR=1: add target `bare-relay` (bench/bare_relay.py: uvloop relay, no parsing)
+#        TLS=1: TLS on the client leg of pgbouncer (client_tls_sslmode=require) and pgreactive
+#          (tls.required), pgbench with PGSSLMODE=require; direct stays plaintext (the
+#          server's ssl is off). Certificate from `make dev-certs`. The table goes between
+#          the "passthrough.sh TLS table" markers of RESULTS.
 # Targets are the innermost loop, so drift on this noisy machine hits every target alike.
 set -euo pipefail
 
@@ -82,6 +86,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+PGB_TLS=(); PROXY_TLS=(); CLIENT_SSLMODE=disable
+if [ -n "${TLS:-}" ]; then
+  make -s -C "$ROOT" dev-certs CERT_DIR="$WORK/certs" >/dev/null
+  PGB_TLS=("client_tls_sslmode = require" "client_tls_cert_file = $WORK/certs/server.crt"
+           "client_tls_key_file = $WORK/certs/server.key")
+  printf 'tls:\n  cert_file: %s\n  key_file: %s\n  required: true\n' \
+    "$WORK/certs/server.crt" "$WORK/certs/server.key" >"$WORK/tls.yaml"
+  PROXY_TLS=(--config "$WORK/tls.yaml"); CLIENT_SSLMODE=require
+fi
+
 PGB_PORT=$(free_port)
 cat >"$WORK/pgbouncer.ini" <<EOF
 [databases]
@@ -97,6 +111,7 @@ max_client_conn = 200
 default_pool_size = 20
 log_connections = 0
 log_disconnections = 0
+$(printf '%s\n' "${PGB_TLS[@]}")
 EOF
 echo "\"$PGUSER\" \"\"" >"$WORK/userlist.txt"      # trust still needs the user listed
 runas=()
@@ -110,20 +125,23 @@ PIDS+=($!)
 PROXY_PORT=$(free_port)
 # shellcheck disable=SC2086  # PROXY_ARGS is a flag list
 (cd "${SRC:-$ROOT}" && exec "$PYTHON" -m proxy --no-cache --log-level WARNING \
-   --listen "127.0.0.1:$PROXY_PORT" --upstream "postgresql://$PG_HOST:$PG_PORT" ${PROXY_ARGS:-}) \
+   --listen "127.0.0.1:$PROXY_PORT" --upstream "postgresql://$PG_HOST:$PG_PORT" "${PROXY_TLS[@]}" \
+   ${PROXY_ARGS:-}) \
    >"$WORK/pgreactive.log" 2>&1 &
 PIDS+=($!)
 wait_port "$PGB_PORT" || { cat "$WORK/pgbouncer.stderr" "$WORK/pgbouncer.log" >&2; exit 1; }
 wait_port "$PROXY_PORT" || { cat "$WORK/pgreactive.log" >&2; exit 1; }
 echo "# pgbouncer :$PGB_PORT (pid ${PIDS[0]}), pgreactive :$PROXY_PORT (pid ${PIDS[1]})"
 
-TARGETS=("direct $PG_PORT" "pgbouncer $PGB_PORT" "pgreactive $PROXY_PORT")
+# name port client-sslmode
+TARGETS=("direct $PG_PORT disable" "pgbouncer $PGB_PORT $CLIENT_SSLMODE"
+         "pgreactive $PROXY_PORT $CLIENT_SSLMODE")
 if [ -n "${FLOOR:-}" ]; then
   FLOOR_PORT=$(free_port)
   "$PYTHON" "$BENCH_DIR/bare_relay.py" "$FLOOR_PORT" "$PG_PORT" >"$WORK/bare_relay.log" 2>&1 &
   PIDS+=($!)
   wait_port "$FLOOR_PORT" || { cat "$WORK/bare_relay.log" >&2; exit 1; }
-  TARGETS+=("bare-relay $FLOOR_PORT")
+  TARGETS+=("bare-relay $FLOOR_PORT disable")
 fi
 
 # --- run -----------------------------------------------------------------------------------
@@ -134,6 +152,7 @@ fi
 {
   echo "# passthrough.sh $(date -u +%FT%TZ) host=$(hostname) cpus=$(nproc) load1_start=$(cut -d' ' -f1 /proc/loadavg)"
   echo "# DURATION=$DURATION REPS=$REPS CLIENTS=\"$CLIENTS\" MODES=\"$MODES\" THREADS=$THREADS SCALE=$SCALE"
+  [ -z "${TLS:-}" ] || echo "# TLS=1: client leg TLS (PGSSLMODE=require) to pgbouncer and pgreactive ($(openssl x509 -in "$WORK/certs/server.crt" -noout -text | grep -m1 -o 'Public Key Algorithm: .*'), $("$PYTHON" -c 'import ssl; print(ssl.OPENSSL_VERSION)') in pgreactive); direct in plaintext; upstream legs plaintext"
   echo "# $(pgbench --version); server $(psql_ -d "$BENCH_DB" -Atc 'SHOW server_version')"
   echo "# $("$PGBOUNCER" --version | head -1); pgreactive $src_rev with $("$PYTHON" -V) uvloop $("$PYTHON" -c 'import uvloop; print(uvloop.__version__)')"
   echo "rep,utc,target,port,mode,clients,threads,duration_s,status,tps,lat_ms,conn_ms,xacts,load1,note"
@@ -148,9 +167,9 @@ for c in $CLIENTS; do
   j=$(( c < THREADS ? c : THREADS ))
 for mode in $MODES; do
 for t in "${TARGETS[@]}"; do
-  read -r name port <<<"$t"
+  read -r name port sslmode <<<"$t"
   load1=$(cut -d' ' -f1 /proc/loadavg); utc=$(date -u +%FT%TZ); rc=0
-  timeout $(( DURATION + 60 )) pgbench -h 127.0.0.1 -p "$port" -n -S -T "$DURATION" \
+  PGSSLMODE=$sslmode timeout $(( DURATION + 60 )) pgbench -h 127.0.0.1 -p "$port" -n -S -T "$DURATION" \
     -c "$c" -j "$j" -M "$mode" "$BENCH_DB" >"$log" 2>&1 || rc=$?
   tps=$(num '^tps = \K[0-9.]+'); lat=$(num '^latency average = \K[0-9.]+')
   conn=$(num '^initial connection time = \K[0-9.]+'); xacts=$(num 'actually processed: \K[0-9]+')

@@ -3,7 +3,8 @@
 Usage: python bench/summarize.py bench/results/passthrough-YYYY-MM-DD.csv [--update RESULTS.md]
 
 With --update, the table also replaces the block between the two `passthrough.sh` markers
-in that file (see MARK_BEGIN/MARK_END; the prose around it is left alone).
+in that file (see MARK_BEGIN/MARK_END; the prose around it is left alone).  A CSV from a
+``TLS=1`` run (its header says so) goes between the `passthrough.sh TLS table` markers.
 
 One row per (clients, mode): median TPS over the reps for each target with its median
 latency, then pgreactive/pgbouncer and pgreactive/direct as ratios of the medians, with the
@@ -22,8 +23,9 @@ import sys
 from collections import defaultdict
 
 TARGET_RATIO = 0.7  # acceptance: pgreactive >= 0.7x pgbouncer at 16 clients
-MARK_BEGIN = "<!-- passthrough.sh table: begin (generated, replaced by each run) -->"
-MARK_END = "<!-- passthrough.sh table: end -->"
+MARK_BEGIN = "<!-- passthrough.sh {}: begin (generated, replaced by each run) -->"
+MARK_END = "<!-- passthrough.sh {}: end -->"
+TLS_META = "TLS=1"  # a meta line starting so marks a run with TLS on the client leg
 
 
 def main(path: str) -> None:
@@ -121,12 +123,14 @@ def update(path: str, table: str) -> None:
     """Replace the text between the markers in `path` with `table`."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
+    name = "TLS table" if f"    {TLS_META}" in table else "table"
+    mark_begin, mark_end = MARK_BEGIN.format(name), MARK_END.format(name)
+    begin, end = text.find(mark_begin), text.find(mark_end)
     if begin < 0 or end < begin:
         sys.exit(
-            f"{path}: markers not found; add them where the table goes:\n{MARK_BEGIN}\n{MARK_END}"
+            f"{path}: markers not found; add them where the table goes:\n{mark_begin}\n{mark_end}"
         )
-    text = text[: begin + len(MARK_BEGIN)] + "\n" + table.strip("\n") + "\n" + text[end:]
+    text = text[: begin + len(mark_begin)] + "\n" + table.strip("\n") + "\n" + text[end:]
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -35,7 +35,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import ssl as _ssl
 import stringprep
 import struct
 import unicodedata
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 
 from proxy.codec import (
     PROTOCOL_3_0,
-    SSL_REQUEST_CODE,
     AuthCode,
     BackendTag,
     FrontendTag,
@@ -55,6 +53,7 @@ from proxy.codec import (
     encode_startup,
     message,
 )
+from proxy.tls import UpstreamTLS, describe, open_connection
 
 Row = tuple[str | None, ...]
 
@@ -256,18 +255,19 @@ class PgClient:
         *,
         application_name: str = "pgreactive-catalog",
         parameters: Mapping[str, str] | None = None,
-        ssl: _ssl.SSLContext | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> PgClient:
         """Connect and authenticate.  `host` starting with ``/`` is a Unix socket directory.
 
         `timeout` bounds the whole start-up and is the default bound of each `query`.
-        With `ssl`, the connection is upgraded after an SSLRequest (the server must accept).
+        With `tls` (TCP only), the connection starts with an SSLRequest, as the proxy's
+        own upstream connections do (`proxy.tls.open_connection`).
         """
         try:
             return await asyncio.wait_for(
                 cls._connect(
                     host, port, user, database, password, timeout,
-                    application_name, parameters or {}, ssl,
+                    application_name, parameters or {}, tls,
                 ),
                 timeout,
             )  # fmt: skip
@@ -285,19 +285,22 @@ class PgClient:
         timeout: float,
         application_name: str,
         parameters: Mapping[str, str],
-        ssl: _ssl.SSLContext | None,
+        tls: UpstreamTLS | None,
     ) -> PgClient:
         try:
             if host.startswith("/"):
                 reader, writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
             else:
-                reader, writer = await asyncio.open_connection(host, port)
+                loop = asyncio.get_running_loop()
+                reader = asyncio.StreamReader(loop=loop)
+                transport, protocol = await open_connection(
+                    lambda: asyncio.StreamReaderProtocol(reader), host, port, tls
+                )
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         except OSError as exc:
-            raise PgError("08001", f"could not connect to {host}:{port}: {exc}") from exc
+            raise PgError("08001", f"could not connect to {host}:{port}: {describe(exc)}") from exc
         client = cls(reader, writer, timeout)
         try:
-            if ssl is not None:
-                await client._negotiate_ssl(ssl, host)
             params = {
                 "user": user,
                 "database": database,
@@ -314,15 +317,6 @@ class PgClient:
             client._abort()
             raise
         return client
-
-    async def _negotiate_ssl(self, context: _ssl.SSLContext, host: str) -> None:
-        self._writer.write((8).to_bytes(4, "big") + SSL_REQUEST_CODE.to_bytes(4, "big"))
-        await self._writer.drain()
-        answer = await self._reader.readexactly(1)
-        if answer != b"S":
-            raise PgError("08001", "the server does not accept SSL connections")
-        server_hostname = None if host.startswith("/") else host
-        await self._writer.start_tls(context, server_hostname=server_hostname)
 
     @property
     def closed(self) -> bool:

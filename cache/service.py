@@ -44,6 +44,7 @@ from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
 from proxy.config import Config
 from proxy.metrics import Latency, Stats
 from proxy.shapes import ShapeStats
+from proxy.tls import UpstreamTLS
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -113,7 +114,9 @@ class CacheService:
         self.shapes = ShapeStats()  # per-query-shape counters behind /stats
         catalog = config.catalog
         self.catalogs: CatalogCache | None = None
+        self.upstream_tls: UpstreamTLS | None = None  # catalog connections: as the sessions'
         if catalog.user:
+            self.upstream_tls = UpstreamTLS.from_config(config.upstream)
             self.catalogs = CatalogCache(
                 self._connect_catalog,
                 loader=self._load_catalog,
@@ -153,6 +156,7 @@ class CacheService:
             database,
             password=catalog.password or None,
             timeout=upstream.connect_timeout,
+            tls=self.upstream_tls,
         )
         self._client_db[id(client)] = database
         return client

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from prometheus_client import CollectorRegistry
 
+from proxy import tls
 from proxy.config import Config, ConfigError, load, plan_reload, read_config_file
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Reloader:
         if {"log.level", "log.format"} & set(plan.applied):
             setup_logging(plan.config)
         self.server.config = plan.config
+        self.server.reload_tls()
         if self.cache is not None:
             self.cache.reload(plan.config)
         for key in plan.restart:
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _config(args, dict(os.environ))
+        tls.contexts(config)  # the certificate files can be used (the server loads them again)
     except ConfigError as exc:
         print(f"pgreactive: {exc}", file=sys.stderr)
         return EXIT_CONFIG

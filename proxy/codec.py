@@ -180,6 +180,9 @@ def encode_startup(message: StartupMessage) -> bytes:
     return (len(body) + 4).to_bytes(4, "big") + bytes(body)
 
 
+SSL_REQUEST = (8).to_bytes(4, "big") + SSL_REQUEST_CODE.to_bytes(4, "big")  # SSLRequest (F)
+
+
 def encode_cancel_request(pid: int, secret: bytes) -> bytes:
     """CancelRequest (F)."""
     body = CANCEL_REQUEST_CODE.to_bytes(4, "big") + pid.to_bytes(4, "big") + secret
@@ -372,6 +375,18 @@ def decode_close(payload: bytes) -> Close:
 # --- backend messages ------------------------------------------------------------------
 
 
+def decode_sasl_initial_response(payload: bytes) -> tuple[str, bytes]:
+    """SASLInitialResponse (F): the mechanism and its initial data (b"" when absent).
+
+    For SCRAM the data is the client-first-message, whose first byte is the gs2
+    channel-binding flag: ``n`` (no binding), ``y`` (the client could bind but thinks the
+    server cannot) or ``p`` (binding, with ``-PLUS``)."""
+    r = _Reader(payload)
+    mechanism = r.cstring()
+    length = r.int32()
+    return mechanism, (b"" if length < 0 else r.take(length))
+
+
 def decode_parameter_status(payload: bytes) -> tuple[str, str]:
     """ParameterStatus (B): name and value."""
     r = _Reader(payload)
@@ -406,7 +421,23 @@ def auth_code(payload: bytes) -> int:
     return int.from_bytes(payload[:4], "big")
 
 
+def sasl_mechanisms(payload: bytes) -> list[str]:
+    """AuthenticationSASL (B): the mechanisms offered, in order."""
+    r = _Reader(payload[4:])
+    mechanisms = []
+    while (name := r.cstring()) != "":
+        mechanisms.append(name)
+    return mechanisms
+
+
 # --- encoders for what the proxy sends itself -----------------------------------------
+
+
+def authentication_sasl(mechanisms: list[str]) -> bytes:
+    """AuthenticationSASL (B) offering `mechanisms`."""
+    body = AuthCode.SASL.to_bytes(4, "big")
+    body += b"".join(m.encode() + b"\x00" for m in mechanisms) + b"\x00"
+    return message(BackendTag.AUTHENTICATION, body)
 
 
 def message(tag: int, body: bytes = b"") -> bytes:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -41,16 +41,39 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# libpq's sslmode values pgreactive implements, weakest first (`allow` is not: it would
+# mean opening a second upstream connection after a refused plaintext login).
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+# The upstream TLS settings: keys of `upstream` in the file, and parameters of its URL.
+UPSTREAM_TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """The Postgres the proxy relays to."""
+    """The Postgres the proxy relays to, and how its connections use TLS (libpq's names
+    and meanings; the default is `disable`, not libpq's `prefer`)."""
 
     host: str = "127.0.0.1"
     port: int = 5432
     connect_timeout: float = 5.0
+    sslmode: str = "disable"
+    sslrootcert: str = ""  # CA file, or "system" for the system's CAs
+    sslcert: str = ""  # client certificate presented to the upstream (with sslkey)
+    sslkey: str = ""
 
     def url(self) -> str:
-        return f"postgresql://{Address(self.host, self.port)}"
+        suffix = "" if self.sslmode == "disable" else f"?sslmode={self.sslmode}"
+        return f"postgresql://{Address(self.host, self.port)}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS towards clients.  Without `cert_file` none: SSLRequest is answered `N`."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""  # when set, clients must present a certificate it signed
+    required: bool = False  # refuse clients that do not use TLS (FATAL 28000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +124,7 @@ class Config:
 
     listen: Address = Address("127.0.0.1", 6543)
     upstream: UpstreamConfig = UpstreamConfig()
+    tls: TLSConfig = TLSConfig()
     redis_url: str | None = None
     redis_timeout: float = 0.25  # seconds a lookup or fill may wait for Redis
     cache: CacheConfig = CacheConfig()
@@ -189,15 +213,15 @@ def _env_value(text: str) -> Any:
     return text
 
 
-# A setting from the environment or a flag that replaces others a lower layer gave: an
-# upstream URL names host and port, so a `host` or `port` from the file must not win over it.
-_SUPERSEDES = {"upstream.url": ("host", "port")}
-
-
 def _override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a key from the environment or a flag.  An upstream URL from there names host and
+    port (and any TLS parameter in its query), so those keys from the file must not win
+    over it."""
     node = _set(raw, dotted, value)
-    for name in _SUPERSEDES.get(dotted, ()):
-        node.pop(name, None)
+    if dotted == "upstream.url":
+        given = _url_parameters(value) if isinstance(value, str) else []
+        for name in ("host", "port", *(name for name, _ in given)):
+            node.pop(name, None)
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -224,6 +248,7 @@ def build(raw: Mapping[str, Any]) -> Config:
     sections: dict[str, Callable[[Any], Any]] = {
         "listen": lambda v: parse_address("listen", v),
         "upstream": _upstream,
+        "tls": _tls,
         "redis": _redis,
         "cache": _cache,
         "relations": _relations,
@@ -346,22 +371,28 @@ def _port(key: str, value: Any, minimum: int = 1) -> int:
 
 def _upstream(value: Any) -> UpstreamConfig:
     raw = _mapping("upstream", value)
-    _no_unknown("upstream.", raw, {"url": 0, "host": 0, "port": 0, "connect_timeout": 0})
+    known = ("url", "host", "port", "connect_timeout", *UPSTREAM_TLS_KEYS)
+    _no_unknown("upstream.", raw, dict.fromkeys(known))
     d = UpstreamConfig()
     host, port = d.host, d.port
+    tls: dict[str, str] = {}
     if "url" in raw:
-        host, port = _upstream_url(raw["url"])
+        host, port, tls = _upstream_url(raw["url"])
     if "host" in raw:
         host = _str("upstream.host", raw["host"])
     if "port" in raw:
         port = _port("upstream.port", raw["port"])
+    for name in UPSTREAM_TLS_KEYS:
+        if raw.get(name) is not None:
+            tls[name] = _str(f"upstream.{name}", raw[name])
     timeout = d.connect_timeout
     if "connect_timeout" in raw:
         timeout = _float("upstream.connect_timeout", raw["connect_timeout"], positive=True)
-    return UpstreamConfig(host, port, timeout)
+    return UpstreamConfig(host, port, timeout, **_upstream_tls(tls))
 
 
-def _upstream_url(value: Any) -> tuple[str, int]:
+def _upstream_url(value: Any) -> tuple[str, int, dict[str, str]]:
+    """``postgresql://HOST:PORT[?sslmode=...&sslrootcert=...]``: host, port, parameters."""
     text = _str("upstream.url", value)
     parts = urlsplit(text)
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
@@ -374,7 +405,56 @@ def _upstream_url(value: Any) -> tuple[str, int]:
         port = parts.port or 5432
     except ValueError:
         raise ConfigError(f"upstream.url: invalid port in {text!r}") from None
-    return parts.hostname, port
+    parameters: dict[str, str] = {}
+    for name, given in _url_parameters(text):
+        if name not in UPSTREAM_TLS_KEYS:
+            raise ConfigError(
+                f"upstream.url: unknown parameter {name!r} "
+                f"(pgreactive understands {', '.join(UPSTREAM_TLS_KEYS)})"
+            )
+        if name in parameters:
+            raise ConfigError(f"upstream.url: parameter {name!r} given twice")
+        parameters[name] = given
+    return parts.hostname, port, parameters
+
+
+def _url_parameters(text: str) -> list[tuple[str, str]]:
+    return parse_qsl(urlsplit(text).query, keep_blank_values=True)
+
+
+def _upstream_tls(given: Mapping[str, str]) -> dict[str, str]:
+    """Check the upstream TLS settings together (libpq's rules, where pgreactive can
+    check them before connecting)."""
+    mode = given.get("sslmode", UpstreamConfig().sslmode)
+    if mode not in SSLMODES:
+        hint = " (not supported: use prefer or disable)" if mode == "allow" else ""
+        raise ConfigError(
+            f"upstream.sslmode: expected one of {', '.join(SSLMODES)}, got {mode!r}{hint}"
+        )
+    if mode.startswith("verify-") and not given.get("sslrootcert"):
+        raise ConfigError(
+            f"upstream.sslrootcert: sslmode={mode} needs the CA file that signed the "
+            "server's certificate (or 'system' for the system's CAs)"
+        )
+    if bool(given.get("sslcert")) != bool(given.get("sslkey")):
+        missing = "sslkey" if given.get("sslcert") else "sslcert"
+        raise ConfigError(f"upstream.{missing}: sslcert and sslkey go together")
+    return {**given, "sslmode": mode}
+
+
+def _tls(value: Any) -> TLSConfig:
+    raw = _mapping("tls", value)
+    keys = [f.name for f in fields(TLSConfig)]
+    _no_unknown("tls.", raw, dict.fromkeys(keys))
+    files = {k: _str(f"tls.{k}", _optional(raw, k, "")) for k in keys if k != "required"}
+    required = _bool("tls.required", raw.get("required", False))
+    if bool(files["cert_file"]) != bool(files["key_file"]):
+        missing = "key_file" if files["cert_file"] else "cert_file"
+        raise ConfigError(f"tls.{missing}: tls.cert_file and tls.key_file go together")
+    if not files["cert_file"] and (required or files["client_ca_file"]):
+        what = "required" if required else "client_ca_file"
+        raise ConfigError(f"tls.{what}: needs tls.cert_file and tls.key_file")
+    return TLSConfig(**files, required=required)
 
 
 def _redis(value: Any) -> tuple[str | None, float]:
@@ -520,12 +600,18 @@ _FILE_KEYS = {
 }
 
 # What SIGHUP applies to a running proxy (paths in `Config`): settings read afresh for each
-# statement or log line.  Everything else was used to open sockets, connections or Redis
-# clients at start-up and needs a restart.  So do `cache.scope_columns`: they decide which
-# generation counters a read depends on and a write bumps, so entries filled under the old
-# columns would not be reached by writes planned under the new ones (and instances sharing
-# a Redis must agree on them); the analyzer's options are also built from them once.
+# statement, log line or (`tls.*`) new client connection.  Everything else was used to open
+# sockets, connections or Redis clients at start-up and needs a restart.  So do
+# `cache.scope_columns`: they decide which generation counters a read depends on and a
+# write bumps, so entries filled under the old columns would not be reached by writes
+# planned under the new ones (and instances sharing a Redis must agree on them); the
+# analyzer's options are also built from them once.
 RELOADABLE = (
+    # The certificate files are also read again at every reload (rotation in place).
+    "tls.cert_file",
+    "tls.key_file",
+    "tls.client_ca_file",
+    "tls.required",
     "cache.default_ttl",
     "cache.ttl",
     "cache.exclude",

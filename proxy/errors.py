@@ -36,6 +36,19 @@ class MessageTooLarge(ProtocolViolation):
     """A client message longer than the configured maximum."""
 
 
+class TLSRequired(ProxyError):
+    """A plaintext client while `tls.required` is set (as pg_hba's hostssl refuses it)."""
+
+    sqlstate = "28000"
+
+
+class ChannelBindingUnavailable(ProxyError):
+    """A SCRAM login Postgres would refuse: the client can bind to its TLS channel, but the
+    proxy hid SCRAM-SHA-256-PLUS, which Postgres offered on its own TLS connection."""
+
+    sqlstate = "28000"
+
+
 class UpstreamUnavailable(ProxyError):
     """The proxy could not reach, or lost, its upstream Postgres."""
 

@@ -26,10 +26,11 @@ import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.errors import ShuttingDown
 from proxy.metrics import Stats
 from proxy.session import Admission, ClientSession
+from proxy.tls import client_context, contexts
 from proxy.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class Server:
         self.config = config
         self.cache = cache
         self.stats = stats if stats is not None else (cache.stats if cache else Stats())
+        # None: SSLRequest is answered N / sslmode=disable.  (ConfigError for a bad file.)
+        self.client_tls, self.upstream_tls = contexts(config)
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
@@ -101,6 +104,16 @@ class Server:
             self.config.upstream.url(),
             "on" if self.config.cache.enabled else "off",
         )
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read the client certificate files again (new connections use them);
+        when they cannot be used, keep the running certificate."""
+        try:
+            self.client_tls = client_context(self.config.tls)
+        except ConfigError as exc:
+            log.error("TLS reload failed, keeping the running certificate: %s", exc)
+            return
+        log.info("TLS %s", "certificate loaded" if self.client_tls else "off")
 
     def bound_address(self) -> str:
         assert self._listener is not None
@@ -155,7 +168,10 @@ class Server:
         has read the request by then); never raises."""
         upstream = self.config.upstream
         try:
-            await send_cancel(upstream.host, upstream.port, pid, secret, upstream.connect_timeout)
+            await send_cancel(
+                upstream.host, upstream.port, pid, secret, upstream.connect_timeout,
+                self.upstream_tls,
+            )  # fmt: skip
         except (OSError, TimeoutError) as exc:
             log.warning("could not forward cancel request for pid %d: %s", pid, exc)
 

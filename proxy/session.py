@@ -5,7 +5,8 @@ the pure parts: `FrontendReader` (client framing), `BackendScanner` (upstream fr
 `Tracker` (what is in flight, what exists upstream).  States:
 
     STARTUP ──StartupMessage──▶ CONNECTING ──connected──▶ AUTHENTICATING ──AuthenticationOk──▶ READY
-       │ SSLRequest/GSSENCRequest: answer 'N', stay                                   │
+       │ SSLRequest: 'S' + TLS with a certificate, else 'N'; GSSENCRequest: 'N'       │
+       │ TLS ClientHello (direct TLS): TLS with a certificate, else close             │
        │ CancelRequest: forward upstream, close once Postgres has closed it           ▼
        └ replication=… : RAW (bytes relayed untouched)                             CLOSED
 
@@ -35,20 +36,25 @@ from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus, decode_bind_names
 from proxy.errors import (
+    ChannelBindingUnavailable,
     InternalError,
     ProtocolViolation,
     ProxyError,
     ShuttingDown,
     StartupTimeout,
+    TLSRequired,
     TooManyConnections,
     UpstreamUnavailable,
 )
 from proxy.framing import BackendScanner, FrontendReader
 from proxy.state import Settings
+from proxy.tls import ClientTLS, describe
 from proxy.tracker import SYNC_ENTRY, Pending, Request, Tracker, pending_for
 from proxy.upstream import UpstreamProtocol, connect
 
 if TYPE_CHECKING:
+    import ssl
+
     from proxy.caching import SessionCache
     from proxy.server import Server
 
@@ -156,6 +162,7 @@ class ClientSession(asyncio.Protocol):
         self.id = next(_ids)
         self.state = State.STARTUP
         self.client: asyncio.Transport | None = None
+        self.tls: ClientTLS | None = None  # the client's TLS, once started
         self.upstream: UpstreamProtocol | None = None
         self.reader = FrontendReader(server.config.limits.max_message_bytes)
         self.scanner = BackendScanner(_DECODED)
@@ -170,6 +177,7 @@ class ClientSession(asyncio.Protocol):
         self._early: list[bytes] = []  # client bytes that arrived while connecting
         self._raw_after_connect = False  # a replication session: relay bytes untouched
         self._auth_expects_response = False  # Postgres asked for a password / SASL message
+        self._plus_hidden = False  # SCRAM-SHA-256-PLUS removed from the offer (see below)
         self._held_at_auth: list[tuple[int, bytes]] = []  # sent before AuthenticationOk
         self._upstream_closing = False  # we ended it, or Postgres sent FATAL
         self._peer = "?"
@@ -252,9 +260,13 @@ class ClientSession(asyncio.Protocol):
 
     def _startup(self, data: bytes) -> None:
         if data[:1] == b"\x16" and not self.reader.pending():
-            # A TLS ClientHello without SSLRequest (PG 17 direct TLS): not supported here,
-            # and never to be parsed as a start-up packet (PITFALLS A4).
-            self.close()
+            # A TLS ClientHello without SSLRequest (PG 17 direct TLS), never to be parsed
+            # as a start-up packet (PITFALLS A4): TLS if we have a certificate, else close.
+            context = self.server.client_tls
+            if context is None or self.tls is not None:
+                self.close()
+            else:
+                self._start_tls(context, data, direct=True)
             return
         packets = self.reader.feed(data)
         while packets:
@@ -267,6 +279,15 @@ class ClientSession(asyncio.Protocol):
 
     def _startup_packet(self, packet: codec.StartupPacket) -> None:
         match packet:
+            case codec.SSLRequest() | codec.GSSENCRequest() if self.tls is not None:
+                raise ProtocolViolation("SSLRequest or GSSENCRequest inside TLS")
+            case codec.SSLRequest() if self.server.client_tls is not None:
+                if self.reader.pending():
+                    # Bytes sent before the handshake are not protected by it: a man in the
+                    # middle may have injected them (CVE-2021-23214).  Refuse, in plaintext.
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                self.write_client(b"S")
+                self._start_tls(self.server.client_tls, b"", direct=False)
             case codec.SSLRequest() | codec.GSSENCRequest():
                 self.write_client(b"N")  # not supported: the client goes on in plaintext
             case codec.CancelRequest(pid=pid, secret=secret):
@@ -295,6 +316,15 @@ class ClientSession(asyncio.Protocol):
         if self.state in (State.STARTUP, State.CONNECTING, State.AUTHENTICATING):
             self.fail(StartupTimeout("canceling authentication due to timeout"))
 
+    def _start_tls(self, context: ssl.SSLContext, first: bytes, *, direct: bool) -> None:
+        """Put TLS between the client's socket and this session: from now on `client` is
+        the TLS transport and `data_received` gets plaintext (after the handshake)."""
+        assert self.client is not None
+        self.tls = ClientTLS(context, self.client, self, alpn_required=direct, conn=self.id)
+        self.client = self.tls
+        if first:
+            self.tls.data_received(first)
+
     def _begin(self, startup: codec.StartupMessage) -> None:
         params = dict(startup.parameters)
         unrecognized = [name for name in params if name.startswith("_pq_.")]
@@ -307,6 +337,12 @@ class ClientSession(asyncio.Protocol):
                 del params[name]
         if "user" not in params:
             raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
+        if self.tls is None and self.server.config.tls.required:
+            database = params.get("database") or params["user"]
+            raise TLSRequired(
+                f"pgreactive requires TLS (tls.required): connection from {self._peer} for "
+                f'user "{params["user"]}", database "{database}" is not encrypted'
+            )
         self.startup = codec.StartupMessage(3, 0, params)
         self.settings = Settings.from_startup(params)
         raw = params.get("replication", "false").lower() not in ("false", "off", "no", "0")
@@ -317,12 +353,14 @@ class ClientSession(asyncio.Protocol):
     async def _connect(self) -> None:
         upstream = self.server.config.upstream
         try:
-            protocol = await connect(self, upstream.host, upstream.port, upstream.connect_timeout)
+            protocol = await connect(
+                self, upstream.host, upstream.port, upstream.connect_timeout,
+                self.server.upstream_tls,
+            )  # fmt: skip
         except (OSError, TimeoutError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             self.fail(
                 UpstreamUnavailable(
-                    f"could not connect to upstream server {upstream.url()}: {reason}"
+                    f"could not connect to upstream server {upstream.url()}: {describe(exc)}"
                 )
             )
             return
@@ -341,6 +379,7 @@ class ClientSession(asyncio.Protocol):
             self.send_upstream(self.reader.pending() + b"".join(early))
             return
         self.state = State.AUTHENTICATING
+        self.capture_all(True)  # the first Authentication message whole (it may be rewritten)
         self.data_received(b"".join(early))
 
     def _authenticate(self, data: bytes) -> None:
@@ -353,6 +392,8 @@ class ClientSession(asyncio.Protocol):
         for tag, raw in self.reader.feed(data):
             if tag == FrontendTag.PASSWORD and not self._held_at_auth:
                 self._auth_expects_response = False
+                if self._plus_hidden:
+                    self._check_channel_binding(raw)
                 self.send_upstream(raw)
             elif self._auth_expects_response:
                 raise ProtocolViolation(
@@ -552,8 +593,8 @@ class ClientSession(asyncio.Protocol):
                 self.settings.reported(name, value)
                 replacement = None
             elif self.state is not State.READY or tag == BackendTag.BACKEND_KEY_DATA:
-                self._startup_reply(tag, payload)  # BackendKeyData follows AuthenticationOk
-                replacement = None
+                # (BackendKeyData follows AuthenticationOk.)
+                replacement = self._startup_reply(tag, payload)
             elif (
                 cache is not None
                 and tracker.pending
@@ -738,10 +779,12 @@ class ClientSession(asyncio.Protocol):
         self.resume_upstream("barrier")
         self._relay_guarded(data, messages, index, written, per_message)
 
-    def _startup_reply(self, tag: int, payload: bytes) -> None:
-        """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs."""
+    def _startup_reply(self, tag: int, payload: bytes) -> bytes | None:
+        """Authentication phase: watch for AuthenticationOk, BackendKeyData and FATALs;
+        returns what to send the client instead of this message (None: itself)."""
         if tag == BackendTag.AUTHENTICATION:
             code = codec.auth_code(payload)
+            self.capture_all(False)  # seen whole: the rest is relayed in chunks again
             if code == codec.AuthCode.OK:
                 self.state = State.READY  # authenticated: what follows is relayed
                 self._started()
@@ -750,10 +793,39 @@ class ClientSession(asyncio.Protocol):
                 self._auth_expects_response = code not in (
                     codec.AuthCode.SASL_FINAL, codec.AuthCode.OK
                 )
+            if code == codec.AuthCode.SASL:
+                return self._offer_sasl(payload)
         elif tag == BackendTag.BACKEND_KEY_DATA:
             self.backend_key = codec.decode_backend_key_data(payload)
         elif tag == BackendTag.ERROR_RESPONSE:
             self._error(payload)
+        return None
+
+    def _offer_sasl(self, payload: bytes) -> bytes | None:
+        """AuthenticationSASL without SCRAM-SHA-256-PLUS.
+
+        Channel binding cannot be relayed: its tls-server-end-point data is a hash of the
+        certificate of the TLS session the client sees, which is ours, never the one Postgres
+        checks against (PITFALLS A8b).  Postgres offers -PLUS only on a TLS connection, and
+        there it refuses a client that says it could bind but thinks the server cannot (gs2
+        flag ``y``, what libpq on TLS sends when -PLUS is not offered): `_authenticate`
+        refuses that login itself, with a message that says what to change."""
+        mechanisms = codec.sasl_mechanisms(payload)
+        if "SCRAM-SHA-256-PLUS" not in mechanisms:
+            return None
+        self._plus_hidden = True
+        return codec.authentication_sasl([m for m in mechanisms if m != "SCRAM-SHA-256-PLUS"])
+
+    def _check_channel_binding(self, raw: bytes) -> None:
+        """The SASLInitialResponse after `_offer_sasl` hid -PLUS: refuse gs2 flag ``y``."""
+        self._plus_hidden = False
+        _, data = codec.decode_sasl_initial_response(raw[5:])
+        if data[:1] == b"y":
+            raise ChannelBindingUnavailable(
+                "SCRAM channel binding cannot pass through pgreactive: Postgres offers it on "
+                "its TLS connection and would refuse this client, which uses TLS too; "
+                "connect with channel_binding=disable (or use upstream.sslmode=disable)"
+            )
 
     def _error(self, payload: bytes) -> None:
         self._error_since_ready = True

@@ -2,7 +2,8 @@
 
 Shell module: owns the upstream socket and hands every byte to its session.  Back-pressure
 runs both ways: when the upstream socket cannot take more, the client is paused, and the
-session pauses this connection when the client cannot take more.
+session pauses this connection when the client cannot take more.  TLS, when the sslmode
+asks for it, is negotiated by `proxy.tls.open_connection`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from typing import Protocol, cast
 
 from proxy import codec
+from proxy.tls import UpstreamTLS, open_connection
 
 log = logging.getLogger("pgreactive.upstream")
 
@@ -53,28 +55,41 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 async def connect(
-    owner: UpstreamOwner, host: str, port: int, timeout: float
+    owner: UpstreamOwner, host: str, port: int, timeout: float, tls: UpstreamTLS | None = None
 ) -> UpstreamProtocol:
     """Open an upstream connection for `owner`, or raise OSError/TimeoutError."""
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, protocol = await loop.create_connection(
-            lambda: UpstreamProtocol(owner), host, port
-        )
+        _, protocol = await open_connection(lambda: UpstreamProtocol(owner), host, port, tls)
     return protocol
 
 
-async def send_cancel(host: str, port: int, pid: int, secret: bytes, timeout: float) -> None:
-    """Deliver a CancelRequest to the upstream on a connection of its own.
+class _Cancel(asyncio.Protocol):
+    """Waits for the server to close the connection a CancelRequest went on."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def send_cancel(
+    host: str, port: int, pid: int, secret: bytes, timeout: float, tls: UpstreamTLS | None = None
+) -> None:
+    """Deliver a CancelRequest to the upstream on a connection of its own (with TLS when
+    the sessions use it, as libpq 17's cancel does).
 
     The server answers nothing and closes the connection; waiting for that close makes
     sure the request was read before we return.
     """
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+        transport, protocol = await open_connection(_Cancel, host, port, tls)
         try:
-            writer.write(codec.encode_cancel_request(pid, secret))
-            await writer.drain()
-            await reader.read()
+            transport.write(codec.encode_cancel_request(pid, secret))
+            await protocol.closed
         finally:
-            writer.close()
+            transport.close()

@@ -3,7 +3,8 @@
 It loads FILE exactly as the server does, with the `PGREACTIVE_*` environment variables
 applied on top (so it checks the configuration the server would really run with), and
 prints ``FILE: ok`` (exit 0) or one line naming the key and the problem (exit 2).  It reads
-nothing but the file and the environment: no Postgres, no Redis.
+nothing but the file, the environment and the TLS certificate files named (so a rotated
+certificate can be checked before the SIGHUP that loads it): no Postgres, no Redis.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Mapping
 
 from proxy.config import ENVIRONMENT, ConfigError, load
+from proxy.tls import contexts
 from proxy.tools import EXIT_CONFIG, ToolParser
 
 
@@ -40,7 +42,7 @@ def check(path: str, environ: Mapping[str, str]) -> str | None:
     except UnicodeDecodeError:
         return "cannot read: not UTF-8 text"
     try:
-        load(text, environ, {})
+        contexts(load(text, environ, {}))
     except ConfigError as exc:
         return _blame(str(exc), environ)
     return None

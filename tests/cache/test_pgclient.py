@@ -28,6 +28,8 @@ import pytest
 
 from cache.pgclient import PgClient, PgError, ScramClient, md5_password, saslprep
 from proxy.codec import TxnStatus
+from proxy.config import UpstreamConfig
+from proxy.tls import UpstreamTLS
 from tests.conftest import PG_DB, PG_HOST, PG_PORT, PG_USER, dsn
 
 PG_BIN = os.environ.get("PGREACTIVE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin")
@@ -406,10 +408,14 @@ async def test_unix_socket_and_extra_parameters(cluster: Cluster) -> None:
 
 
 async def test_ssl_refused_by_a_server_without_ssl(cluster: Cluster) -> None:
-    import ssl
-
-    with pytest.raises(PgError, match="SSL") as err:
-        await PgClient.connect(
-            "127.0.0.1", cluster.port, "postgres", "postgres", ssl=ssl.create_default_context()
-        )
+    tls = UpstreamTLS.from_config(UpstreamConfig(sslmode="require"))
+    with pytest.raises(PgError, match="server does not support SSL, but SSL was required") as err:
+        await PgClient.connect("127.0.0.1", cluster.port, "postgres", "postgres", tls=tls)
     assert err.value.sqlstate == "08001"
+    # sslmode=prefer goes on in plaintext.
+    tls = UpstreamTLS.from_config(UpstreamConfig(sslmode="prefer"))
+    client = await PgClient.connect("127.0.0.1", cluster.port, "postgres", "postgres", tls=tls)
+    try:
+        assert await client.query("select 1") == [("1",)]
+    finally:
+        await client.close()

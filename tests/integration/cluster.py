@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -116,10 +116,17 @@ def _create_roles(cluster: Cluster) -> None:
     assert kinds["u_scram"] == "SCR", kinds
 
 
-@pytest.fixture(scope="module", name="auth_cluster")
-def auth_cluster_fixture() -> Iterator[Cluster]:
-    """A throwaway cluster whose pg_hba.conf maps each u_* role to its auth method."""
-    directory = tempfile.mkdtemp(prefix="pgr-auth-")
+@contextlib.contextmanager
+def throwaway_cluster(
+    prefix: str = "pgr-auth-",
+    hba: str = HBA,
+    files: Mapping[str, str] | None = None,
+    options: str = "",
+) -> Iterator[Cluster]:
+    """A running throwaway cluster with the u_* roles; `files` (name → path) are copied into
+    its data directory, owned by the server with mode 0600 (a key file must be), so that
+    `options` (extra ``-c name=value``) can name them relative to it."""
+    directory = tempfile.mkdtemp(prefix=prefix)
     shutil.chown(directory, "postgres", "postgres")
     os.chmod(directory, 0o700)
     cluster = Cluster(directory, free_port())
@@ -130,10 +137,15 @@ def auth_cluster_fixture() -> Iterator[Cluster]:
             "-E", "UTF8", "--no-sync", "--no-instructions",
         )  # fmt: skip
         with open(os.path.join(cluster.data, "pg_hba.conf"), "w", encoding="utf-8") as f:
-            f.write(HBA)
+            f.write(hba)
+        for name, source in (files or {}).items():
+            target = os.path.join(cluster.data, name)
+            shutil.copyfile(source, target)
+            shutil.chown(target, "postgres", "postgres")
+            os.chmod(target, 0o600)
         options = (
             f"-p {cluster.port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c log_connections=on"
+            f"-c log_connections=on {options}"
         )
         started = True
         _as_postgres(
@@ -149,6 +161,13 @@ def auth_cluster_fixture() -> Iterator[Cluster]:
                     f"{PG_BIN}/pg_ctl", "-D", cluster.data, "-m", "immediate", "-w", "stop"
                 )
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="auth_cluster")
+def auth_cluster_fixture() -> Iterator[Cluster]:
+    """A throwaway cluster whose pg_hba.conf maps each u_* role to its auth method."""
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 # --- the shared Postgres at :5432 ----------------------------------------------------

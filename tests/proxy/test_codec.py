@@ -391,6 +391,8 @@ ALL_DECODERS: list[Callable[[bytes], object]] = [
     codec.decode_error_fields,
     codec.decode_backend_key_data,
     codec.auth_code,
+    codec.decode_sasl_initial_response,
+    codec.sasl_mechanisms,
 ]
 
 
@@ -443,6 +445,25 @@ def test_startup_reply_parameter_status_and_backend_key_data(mode: str) -> None:
 )
 def test_auth_code(payload: bytes, expected: codec.AuthCode) -> None:
     assert codec.auth_code(payload) == expected
+
+
+# Postgres 15 on a TLS connection; libpq's SASLInitialResponse there without -PLUS offered.
+SASL_OFFER_TLS = b"R\x00\x00\x00\x2a\x00\x00\x00\x0aSCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00"
+SASL_INITIAL_Y = b"SCRAM-SHA-256\x00\x00\x00\x00\x20y,,n=,r=3RxK8bIJhd1ck2Ax5S4cMmHs"
+
+
+def test_sasl_offer_without_plus_is_re_encoded() -> None:
+    assert codec.sasl_mechanisms(SASL_OFFER_TLS[5:]) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    stripped = codec.authentication_sasl(["SCRAM-SHA-256"])
+    assert stripped == b"R\x00\x00\x00\x17\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00"
+    assert codec.sasl_mechanisms(stripped[5:]) == ["SCRAM-SHA-256"]
+
+
+def test_sasl_initial_response_gives_the_gs2_flag() -> None:
+    mechanism, data = codec.decode_sasl_initial_response(SASL_INITIAL_Y)
+    assert (mechanism, data[:3]) == ("SCRAM-SHA-256", b"y,,")
+    # A length of -1: no initial data.
+    assert codec.decode_sasl_initial_response(b"X\x00\xff\xff\xff\xff") == ("X", b"")
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,21 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("catalog: {password: false}", "catalog.password", id="password-bool"),
         pytest.param("catalog: {max_age: -5}", "catalog.max_age", id="catalog-max-age"),
         pytest.param("events: {channel: ''}", "events.channel", id="empty-channel"),
+        pytest.param("upstream: {url: 'postgresql://x:1?sslmod=require'}", "upstream.url",
+                     id="upstream-url-unknown-parameter"),
+        pytest.param("upstream: {url: 'postgresql://x?sslmode=prefer&sslmode=require'}",
+                     "upstream.url", id="upstream-url-parameter-twice"),
+        pytest.param("upstream: {sslmode: allow}", "upstream.sslmode", id="sslmode-allow"),
+        pytest.param("upstream: {url: 'postgresql://x?sslmode=on'}", "upstream.sslmode",
+                     id="sslmode-unknown"),
+        pytest.param("upstream: {sslmode: verify-full}", "upstream.sslrootcert",
+                     id="verify-without-root"),
+        pytest.param("upstream: {sslcert: c.pem}", "upstream.sslkey", id="sslcert-alone"),
+        pytest.param("tls: {cert_file: c.pem}", "tls.key_file", id="tls-cert-alone"),
+        pytest.param("tls: {key_file: k.pem}", "tls.cert_file", id="tls-key-alone"),
+        pytest.param("tls: {required: true}", "tls.required", id="tls-required-no-cert"),
+        pytest.param("tls: {client_ca_file: ca.pem}", "tls.client_ca_file", id="tls-ca-no-cert"),
+        pytest.param("tls: {required: 'yes'}", "tls.required", id="tls-required-string"),
         pytest.param("events: {stream_maxlen: 0}", "events.stream_maxlen", id="stream-0"),
         pytest.param("events: {requires_ack: 1}", "events.requires_ack", id="ack-number"),
         pytest.param("metrics: '127.0.0.1:9187'", "metrics", id="metrics-string"),
@@ -143,7 +158,8 @@ def test_bad_values_name_their_key(text: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "section", ["upstream", "redis", "cache", "catalog", "events", "metrics", "log", "limits"]
+    "section",
+    ["upstream", "tls", "redis", "cache", "catalog", "events", "metrics", "log", "limits"],
 )
 def test_unknown_keys_are_refused_in_every_section(section: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{section}\.nope: unknown key"):
@@ -164,6 +180,22 @@ def test_environment_upstream_url_wins_over_host_and_port_in_the_file() -> None:
     assert (upstream.host, upstream.port) == ("other", 6000)
     flagged = load(text, {}, {"upstream.url": "postgresql://third:7000"}).upstream
     assert (flagged.host, flagged.port) == ("third", 7000)
+
+
+def test_upstream_tls_from_the_url_or_the_keys() -> None:
+    url = "postgresql://db:6432?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=c&sslkey=k"
+    upstream = load(None, {"PGREACTIVE_UPSTREAM": url}, {}).upstream
+    assert (upstream.host, upstream.port, upstream.sslmode) == ("db", 6432, "verify-full")
+    assert (upstream.sslrootcert, upstream.sslcert, upstream.sslkey) == ("/ca.pem", "c", "k")
+    assert upstream.url() == "postgresql://db:6432?sslmode=verify-full"
+    assert load(None, {}, {}).upstream.sslmode == "disable"
+    # In the file, a key wins over the url's parameter ...
+    text = "upstream: {url: 'postgresql://db?sslmode=require', sslmode: prefer}"
+    assert load(text, {}, {}).upstream.sslmode == "prefer"
+    # ... and a url from a flag wins over both for the parameters it names, not the others.
+    flag = {"upstream.url": "postgresql://db?sslmode=require"}
+    assert load(text, {}, flag).upstream.sslmode == "require"
+    assert load(text, {}, {"upstream.url": "postgresql://db"}).upstream.sslmode == "prefer"
 
 
 def test_file_host_refines_file_url() -> None:
@@ -207,6 +239,8 @@ def test_cli_bad_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
     [
         pytest.param(["--listen", "nowhere"], id="bad-listen"),
         pytest.param(["--upstream", "http://x"], id="bad-upstream"),
+        pytest.param(["--upstream", "postgresql://x?sslmode=require&gssencmode=disable"],
+                     id="unknown-upstream-url-parameter"),
         pytest.param(["--bogus"], id="unknown-flag"),
         pytest.param(["--config", "/nonexistent/file.yaml"], id="missing-file"),
         pytest.param(["--log-level", "chatty"], id="bad-log-level"),
@@ -261,11 +295,13 @@ def test_reload_applies_live_settings_and_keeps_the_rest() -> None:
         .replace("7000", "7001")
         .replace("shutdown_grace_seconds: 10", "shutdown_grace_seconds: 1")
         .replace("[org_id]", "[team_id]")
-    )
+    ) + "tls: {cert_file: new.crt, key_file: new.key}\n"
     running, config, applied, restart = _reload(new)
     assert applied == (
-        "cache.default_ttl", "cache.ttl", "cache.exclude", "relations", "log.level"
-    )
+        "tls.cert_file", "tls.key_file",
+        "cache.default_ttl", "cache.ttl", "cache.exclude", "relations", "log.level",
+    )  # fmt: skip
+    assert (config.tls.cert_file, config.tls.key_file) == ("new.crt", "new.key")
     assert restart == ("listen", "cache.scope_columns", "limits.shutdown_grace_seconds")
     cache = config.cache
     assert (cache.default_ttl, cache.ttl, cache.exclude) == (7, {"users": 5}, ())
@@ -285,6 +321,7 @@ def test_reload_applies_live_settings_and_keeps_the_rest() -> None:
         pytest.param("metrics: {listen: '127.0.0.1:9'}", "metrics.listen", id="metrics"),
         pytest.param("catalog: {password: secret}", "catalog.password", id="catalog-password"),
         pytest.param("events: {channel: other}", "events.channel", id="events"),
+        pytest.param("upstream: {sslmode: require}", "upstream.sslmode", id="upstream-sslmode"),
     ],
 )
 def test_reload_reports_keys_that_need_a_restart(extra: str, key: str) -> None:
