@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from proxy.config import Config, ConfigError, load, plan_reload, read_config_file
+from cache.registry import version
+from proxy.config import Config, ConfigError, load, namespace, plan_reload, read_config_file
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -34,22 +34,34 @@ EXIT_CONFIG = 2
 log = logging.getLogger("pgreactive")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"pgreactive: {message}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+class ListenError(Exception):
+    """A listening address could not be bound; the message is the one line to print."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgreactive", description="Reactive caching PostgreSQL proxy.")
+    from proxy.tools import ToolParser, cache, check_config, events, stats
+
+    p = ToolParser(
+        prog="pgreactive",
+        description="Reactive caching PostgreSQL proxy. Without a command it runs the proxy"
+        " with the options below; each command has its own --help.",
+    )
+    p.add_argument("--version", action="version", version=f"pgreactive {version()}")
     p.add_argument("--config", metavar="FILE", help="YAML configuration file")
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients connect to")
     p.add_argument("--upstream", metavar="postgresql://HOST:PORT", help="the Postgres server")
     p.add_argument("--redis", metavar="redis://HOST:PORT/DB", help="Redis for the cache")
+    p.add_argument(
+        "--namespace", metavar="NS", help="prefix of Redis keys and event channel (see docs)"
+    )
     p.add_argument("--no-cache", action="store_true", help="relay only, never cache")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", metavar="FORMAT", help="text, or json: one object per line")
+    p.set_defaults(run=None)
+    commands = p.add_subparsers(title="commands", metavar="COMMAND")
+    for tool in (check_config, stats, events, cache):
+        tool.add_commands(commands)
     return p
 
 
@@ -66,6 +78,7 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         ("listen", "listen"),
         ("upstream", "upstream.url"),
         ("redis", "redis.url"),
+        ("namespace", "namespace"),
         ("metrics", "metrics.listen"),
         ("log_level", "log.level"),
         ("log_format", "log.format"),
@@ -177,9 +190,11 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     registry = CollectorRegistry()
     stats = Stats()
     cache = None
+    registering = None
     if config.cache.enabled:
         cache = _cache_service(config, stats, Latency(registry))
         await cache.start()
+        registering = await _register(cache)
     server = Server(config, cache, stats)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -187,15 +202,23 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         loop.add_signal_handler(sig, stopping.set)
     if reread is not None:  # before listening: an early SIGHUP must not end the process
         loop.add_signal_handler(signal.SIGHUP, Reloader(config, reread, server, cache))
-    await server.start()
     http = None
-    if config.metrics is not None:
-        registry.register(
-            StatsCollector(stats, lambda: cache.available if cache is not None else None)
-        )
-        http = HttpEndpoints(config, registry, cache)
-        await http.start()
+    try:
+        await _listen(server.start(), f"listen {config.listen}")
+        if config.metrics is not None:
+            registry.register(
+                StatsCollector(stats, lambda: cache.available if cache is not None else None)
+            )
+            http = HttpEndpoints(config, registry, cache)
+            await _listen(http.start(), f"metrics.listen {config.metrics}")
+    except ListenError:
+        await server.shutdown()
+        if cache is not None:
+            await cache.close()
+        raise
     await stopping.wait()
+    if registering is not None:
+        registering.cancel()
     if http is not None:
         http.close()
     await server.shutdown()
@@ -203,40 +226,54 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         await cache.close()
 
 
+async def _register(cache: CacheService) -> asyncio.Task[None] | None:
+    """Register the namespace in Redis for the tools (`cache.registry`); when Redis is not
+    there yet, a task retries until it is."""
+    from cache.registry import keep_registering, register
+    from cache.store import RedisBackend
+
+    backend = cache.backend
+    if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):
+        return None
+    return asyncio.get_running_loop().create_task(keep_registering(backend.client, cache.config))
+
+
+async def _listen(start: Awaitable[None], what: str) -> None:
+    """Bind a listener; a taken or unusable address is a ListenError."""
+    try:
+        await start
+    except OSError as exc:
+        raise ListenError(f"{what}: cannot listen there: {exc.strerror or exc}") from None
+
+
 def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
     from cache.backend import Backend
+    from cache.keys import global_epoch
     from cache.memory import MemoryBackend
     from cache.service import CacheService
     from cache.store import RedisBackend
 
     backend: Backend
+    epoch = global_epoch(namespace(config))
     if config.redis_url:
         backend = RedisBackend.from_url(
-            config.redis_url, op_timeout=config.redis_timeout, connect_timeout=config.redis_timeout
+            config.redis_url,
+            epoch_key=epoch,
+            op_timeout=config.redis_timeout,
+            connect_timeout=config.redis_timeout,
         )
     else:
         logging.getLogger("pgreactive").info(
             "no Redis configured: in-memory cache for this process only"
         )
-        backend = MemoryBackend()
+        backend = MemoryBackend(epoch_key=epoch)
     return CacheService(config, backend, stats, latency)
 
 
-# Subcommands: the first argument names a tool module with `main(argv) -> int`.
-TOOLS = {
-    "check-config": "proxy.tools.check_config",
-    "events": "proxy.tools.events",
-    "stats": "proxy.tools.stats",
-    "cache": "proxy.tools.cache",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        tool: Any = importlib.import_module(TOOLS[argv[0]])
-        return int(tool.main(argv[1:]))
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.run is not None:
+        return _run_tool(args)
     try:
         config = _config(args, dict(os.environ))
     except ConfigError as exc:
@@ -245,9 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    except ListenError as exc:
+        print(f"pgreactive: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """Run a subcommand; a reader of stdout that goes away (``| head``) ends it quietly."""
+    try:
+        code = int(args.run(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Keep the interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
 
 
 if __name__ == "__main__":

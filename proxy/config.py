@@ -17,7 +17,9 @@ Pure: reads only the text and mappings it is given (the caller reads the file an
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -69,7 +71,7 @@ class CacheConfig:
 class EventsConfig:
     """Where invalidation events go."""
 
-    channel: str = "pgreactive:invalidations"
+    channel: str = "invalidations"  # after the namespace: NAMESPACE:invalidations
     stream_maxlen: int = 10000
     requires_ack: bool = True
     source: str = ""
@@ -97,6 +99,7 @@ class Config:
     """The whole validated configuration."""
 
     listen: Address = Address("127.0.0.1", 6543)
+    namespace: str = ""  # empty: derived from the upstream and the Redis database
     upstream: UpstreamConfig = UpstreamConfig()
     redis_url: str | None = None
     redis_timeout: float = 0.25  # seconds a lookup or fill may wait for Redis
@@ -115,6 +118,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Environment variables and the dotted keys they set.
 ENVIRONMENT = {
     "PGREACTIVE_LISTEN": "listen",
+    "PGREACTIVE_NAMESPACE": "namespace",
     "PGREACTIVE_UPSTREAM": "upstream.url",
     "PGREACTIVE_REDIS": "redis.url",
     "PGREACTIVE_METRICS": "metrics.listen",
@@ -220,6 +224,7 @@ def build(raw: Mapping[str, Any]) -> Config:
     """Validate a merged mapping into a `Config`."""
     sections: dict[str, Callable[[Any], Any]] = {
         "listen": lambda v: parse_address("listen", v),
+        "namespace": _namespace,
         "upstream": _upstream,
         "redis": _redis,
         "cache": _cache,
@@ -339,6 +344,49 @@ def _port(key: str, value: Any, minimum: int = 1) -> int:
     if port > 65535:
         raise ConfigError(f"{key}: port must be 1..65535, got {port}")
     return port
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _namespace(value: Any) -> str:
+    text = _str("namespace", value)
+    if text and not _NAMESPACE.fullmatch(text):
+        raise ConfigError(
+            "namespace: expected letters, digits and _ . : - (starting with a letter or a"
+            f" digit), got {text!r}"
+        )
+    return text
+
+
+def namespace(config: Config) -> str:
+    """The prefix of every Redis key, the event channel and stream of this deployment:
+    `config.namespace`, or when empty ``pgr-`` and a hash of the upstream (as spelled) and
+    the Redis database number, so deployments sharing a Redis server stay apart (pub/sub
+    channels ignore the database number)."""
+    if config.namespace:
+        return config.namespace
+    upstream = f"{config.upstream.host}:{config.upstream.port}"
+    identity = f"{upstream}\x00{redis_database(config.redis_url)}"
+    return "pgr-" + hashlib.blake2b(identity.encode(), digest_size=5).hexdigest()
+
+
+def events_channel(config: Config) -> str:
+    """The pub/sub channel, and the stream of the same name, that events go to."""
+    return f"{namespace(config)}:{config.events.channel}"
+
+
+def redis_database(url: str | None) -> int:
+    """The database number of a Redis URL (``/N`` or ``?db=N``; 0 when absent)."""
+    if not url:
+        return 0
+    parts = urlsplit(url)
+    for item in parts.query.split("&"):
+        name, _, value = item.partition("=")
+        if name == "db" and value.isdigit():
+            return int(value)
+    path = parts.path.strip("/")
+    return int(path) if parts.scheme != "unix" and path.isdigit() else 0
 
 
 def _upstream(value: Any) -> UpstreamConfig:

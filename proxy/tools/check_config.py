@@ -8,17 +8,19 @@ nothing but the file and the environment: no Postgres, no Redis.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
 
 from proxy.config import ENVIRONMENT, ConfigError, load
-from proxy.tools import EXIT_CONFIG, ToolParser
+from proxy.tools import EXIT_CONFIG, Subcommands
 
 
-def _parser() -> ToolParser:
-    p = ToolParser(
-        prog="pgreactive check-config",
+def add_commands(subparsers: Subcommands) -> None:
+    p = subparsers.add_parser(
+        "check-config",
+        help="validate a configuration file (exit 0 or 2)",
         description="Check a pgreactive configuration file: unknown keys, wrong types, bad values.",
         epilog=(
             "The PGREACTIVE_* environment variables are applied on top of FILE, as the server "
@@ -27,7 +29,7 @@ def _parser() -> ToolParser:
         ),
     )
     p.add_argument("file", metavar="FILE", help="the YAML configuration file")
-    return p
+    p.set_defaults(run=run)
 
 
 def check(path: str, environ: Mapping[str, str]) -> str | None:
@@ -55,8 +57,7 @@ def _blame(message: str, environ: Mapping[str, str]) -> str:
     return message
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     problem = check(args.file, os.environ)
     if problem is not None:
         print(f"{args.file}: {problem}", file=sys.stderr)

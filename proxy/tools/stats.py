@@ -11,6 +11,7 @@ Exit codes: 0 printed; 1 metrics not configured, server unreachable or a reply t
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import sys
@@ -19,7 +20,7 @@ import urllib.request
 from typing import Any
 
 from proxy.config import Address, ConfigError
-from proxy.tools import EXIT_CONFIG, tool_config, tool_parser
+from proxy.tools import EXIT_CONFIG, Subcommands, tool_command, tool_config
 
 PROG = "pgreactive stats"
 EXIT_UNAVAILABLE = 1
@@ -33,10 +34,18 @@ class Unavailable(Exception):
     """The statistics cannot be had; the message is the one line to print."""
 
 
-def main(argv: list[str]) -> int:
-    parser = tool_parser("stats", "Per-query-shape cache statistics of a running pgreactive.")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON of /stats")
-    args = parser.parse_args(argv)
+def add_commands(subparsers: Subcommands) -> None:
+    p = tool_command(
+        subparsers,
+        "stats",
+        "per-query-shape cache statistics of a running server",
+        "Per-query-shape cache statistics of a running pgreactive (its /stats).",
+    )
+    p.add_argument("--json", action="store_true", help="print the raw JSON of /stats")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         config = tool_config(args)
     except ConfigError as exc:

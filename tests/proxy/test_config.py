@@ -7,11 +7,21 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.cli import JsonFormatter
-from proxy.config import Address, Config, ConfigError, load, plan_reload
+from proxy.config import (
+    Address,
+    Config,
+    ConfigError,
+    events_channel,
+    load,
+    namespace,
+    plan_reload,
+    redis_database,
+)
 from proxy.tools.check_config import check
 
 # (config.example.yaml is checked against the schema in test_config_example.py.)
@@ -326,3 +336,47 @@ def test_check_blames_an_environment_variable(tmp_path: Path) -> None:
     assert problem is not None and problem.startswith("listen:")
     assert problem.endswith("(from PGREACTIVE_LISTEN)")
     assert check(str(tmp_path / "missing.yaml"), {}) == "cannot read: No such file or directory"
+
+
+# --- namespace ---------------------------------------------------------------------------
+
+
+def _ns(**overrides: Any) -> str:
+    return namespace(load(None, {}, overrides))
+
+
+def test_the_derived_namespace_differs_per_redis_database_and_upstream() -> None:
+    base = _ns(**{"redis.url": "redis://r:6379/7"})
+    assert base.startswith("pgr-")
+    assert base == _ns(**{"redis.url": "redis://other:6379/7"})  # the number, not the host
+    assert base != _ns(**{"redis.url": "redis://r:6379/12"})  # pub/sub ignores the number
+    assert base != _ns(**{"redis.url": "redis://r:6379/7", "upstream.url": "postgresql://db:5432"})
+    assert _ns(**{"redis.url": "redis://r:6379/7", "namespace": "app"}) == "app"
+
+
+@pytest.mark.parametrize(
+    ("url", "db"),
+    [
+        (None, 0),
+        ("redis://r:6379", 0),
+        ("redis://r:6379/", 0),
+        ("redis://r:6379/5", 5),
+        ("rediss://u:p@r:6379/11", 11),
+        ("redis://r:6379?db=3", 3),
+        ("unix:///run/redis.sock?db=4", 4),
+        ("unix:///run/redis.sock", 0),
+    ],
+)
+def test_redis_database(url: str | None, db: int) -> None:
+    assert redis_database(url) == db
+
+
+def test_events_go_to_the_namespaced_channel() -> None:
+    config = load(None, {"PGREACTIVE_NAMESPACE": "app"}, {"events.channel": "inv"})
+    assert events_channel(config) == "app:inv"
+
+
+@pytest.mark.parametrize("bad", ["a b", "{tag}", "-x", "ns*"])
+def test_a_namespace_with_other_characters_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"^namespace: expected letters"):
+        load(None, {}, {"namespace": bad})
