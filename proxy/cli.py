@@ -204,15 +204,18 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         loop.add_signal_handler(signal.SIGHUP, Reloader(config, reread, server, cache))
     http = None
     try:
-        await _listen(server.start(), f"listen {config.listen}")
         if config.metrics is not None:
             registry.register(
                 StatsCollector(stats, lambda: cache.available if cache is not None else None)
             )
             http = HttpEndpoints(config, registry, cache)
             await _listen(http.start(), f"metrics.listen {config.metrics}")
+        await _listen(server.start(), f"listen {config.listen}")
     except ListenError:
-        await server.shutdown()
+        if registering is not None:
+            registering.cancel()
+        if http is not None:
+            http.close()
         if cache is not None:
             await cache.close()
         raise
@@ -243,7 +246,8 @@ async def _listen(start: Awaitable[None], what: str) -> None:
     try:
         await start
     except OSError as exc:
-        raise ListenError(f"{what}: cannot listen there: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"{what}: cannot listen there: {reason}") from None
 
 
 def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
@@ -271,9 +275,21 @@ def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (``pgreactive stats | head``): stop quietly, and
+        # keep the interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     if args.run is not None:
-        return _run_tool(args)
+        code = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return code
     try:
         config = _config(args, dict(os.environ))
     except ConfigError as exc:
@@ -289,18 +305,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgreactive: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
-
-
-def _run_tool(args: argparse.Namespace) -> int:
-    """Run a subcommand; a reader of stdout that goes away (``| head``) ends it quietly."""
-    try:
-        code = int(args.run(args))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Keep the interpreter's final flush of stdout from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    return code
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """``pgreactive stats``: which query shapes a running server caches, and why the rest not.
 
 Reads ``/stats`` from the server's metrics address (``--metrics HOST:PORT``, else the
-config file or ``PGREACTIVE_METRICS``) and prints one line per shape, most called first:
+config file or ``PGREACTIVE_METRICS``, else `DEFAULT_METRICS`, the address of ``make run``
+and of the Docker image) and prints one line per shape, most called first:
 name, calls, hits, misses, hit %, mean latency, the most frequent bypass reason and the
 first SQL seen.  ``--json`` prints the server's JSON as it came.
 
-Exit codes: 0 printed; 1 metrics not configured, server unreachable or a reply that is not
-``/stats``; 2 bad flags or configuration.
+Exit codes: 0 printed (also when the reader of stdout goes away); 1 server unreachable or
+a reply that is not ``/stats``; 2 bad flags or configuration.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from proxy.tools import EXIT_CONFIG, Subcommands, tool_command, tool_config
 PROG = "pgreactive stats"
 EXIT_UNAVAILABLE = 1
 TIMEOUT = 5.0  # seconds to connect and read: the endpoint answers from memory
+# Where `make run` and the Docker image serve /stats: the address asked when neither a flag,
+# nor the config file, nor PGREACTIVE_METRICS gives one.
+DEFAULT_METRICS = Address("127.0.0.1", 9187)
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 _COLUMNS = ("NAME", "CALLS", "HITS", "MISSES", "HIT%", "MEAN_MS", "TOP_BYPASS", "SQL")
 _NUMERIC = frozenset({"CALLS", "HITS", "MISSES", "HIT%", "MEAN_MS"})
@@ -51,13 +55,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    address = config.metrics or DEFAULT_METRICS
     try:
-        if config.metrics is None:
-            raise Unavailable(
-                "metrics are not configured: give --metrics HOST:PORT (or metrics.listen, "
-                "PGREACTIVE_METRICS) as the server has it"
-            )
-        body = fetch(stats_url(config.metrics))
+        body = fetch(stats_url(address), config.metrics is None)
         document = parse(body)
     except Unavailable as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -74,8 +74,9 @@ def stats_url(address: Address) -> str:
     return f"http://{host}:{address.port}/stats"
 
 
-def fetch(url: str) -> bytes:
-    """GET `url` directly (never through an HTTP proxy from the environment)."""
+def fetch(url: str, defaulted: bool = False) -> bytes:
+    """GET `url` directly (never through an HTTP proxy from the environment); `defaulted`:
+    the address is `DEFAULT_METRICS`, not one the user gave (a failure says so)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=TIMEOUT) as response:
@@ -83,7 +84,12 @@ def fetch(url: str) -> bytes:
     except urllib.error.HTTPError as exc:
         raise Unavailable(f"{url} answered {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise Unavailable(f"cannot reach {url}: {exc.reason}") from None
+        hint = (
+            " (the default: give --metrics HOST:PORT, or --config FILE, as the server has it)"
+            if defaulted
+            else ""
+        )
+        raise Unavailable(f"cannot reach {url}: {exc.reason}{hint}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise Unavailable(f"cannot read {url}: {exc or type(exc).__name__}") from None
     return body

@@ -181,10 +181,16 @@ def test_tool_without_a_server_says_so_in_one_line() -> None:
     assert done.stderr.count("\n") == 1
 
 
-def test_tool_without_metrics_configured_says_so() -> None:
+def test_tool_without_metrics_configured_asks_the_default_address() -> None:
+    """No flag, file or environment: the address of `make run` and the image, named in the
+    one line it prints when nothing answers there."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 9187)) == 0:
+            pytest.skip("something listens on 127.0.0.1:9187 (a `make run`?)")
     done = run_stats()
     assert done.returncode == 1 and done.stdout == "", done
-    assert done.stderr.startswith("pgreactive stats: metrics are not configured")
+    assert done.stderr.startswith("pgreactive stats: cannot reach http://127.0.0.1:9187/stats")
+    assert "(the default: give --metrics HOST:PORT, or --config FILE" in done.stderr
     assert done.stderr.count("\n") == 1
 
 

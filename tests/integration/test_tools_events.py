@@ -505,6 +505,75 @@ def test_cache_flush_all_bumps_the_global_epoch(env: Env, tmp_path: Path) -> Non
             proxy.stop()
 
 
+def _fails_in_one_line(result: Any) -> str:
+    assert result.returncode == 1 and result.stdout == "", (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return str(lines[0])
+
+
+def test_cache_flush_of_a_database_nothing_went_to_fails(env: Env) -> None:
+    """The issue's case: a flush of a database the server never cached said it worked."""
+    other = f"pgr_never_{uuid.uuid4().hex[:10]}"
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--database", other, config=env.config)
+    )
+    assert line.startswith("pgreactive cache flush: nothing flushed: no server of namespace ")
+    assert line.endswith(f"ever cached or invalidated database {other}"), line
+
+
+def test_cache_flush_of_a_table_the_catalog_lacks_fails(env: Env) -> None:
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--database", env.db, "--table", "nosuch", config=env.config)
+    )
+    assert line == (
+        f"pgreactive cache flush: nothing flushed: database {env.db} has no relation nosuch"
+    )
+
+
+def test_cache_flush_of_a_namespace_nobody_registered_fails(env: Env) -> None:
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--namespace", "nobody", "--all", config=env.config)
+    )
+    assert "no pgreactive server registered namespace nobody" in line, line
+
+
+def test_cache_flush_with_another_spelling_of_the_upstream_flushes_the_server(
+    tmp_path: Path,
+) -> None:
+    """The issue's case: `--upstream` spelled `localhost` where the server has 127.0.0.1
+    flushed nothing and exited 0.  Now the tool names keys as the server registered them."""
+    assert PG_HOST == "127.0.0.1", "the test spells the same server differently"
+    config = tmp_path / "pgreactive.yaml"
+    config.write_text(f'events: {{channel: "test:{uuid.uuid4().hex}"}}\n')
+    db = f"pgr_spell_{uuid.uuid4().hex[:10]}"
+    admin(f"create database {db}")
+    try:
+        admin(SCHEMA, db)
+        with throwaway_redis() as url:
+            proxy = caching_proxy(url, "--config", str(config))
+            try:
+                with connect(proxy.dsn(dbname=db)) as conn:
+                    old = cached(proxy, conn, NOTE)
+                    admin("update notes set body = 'changed' where id = 1", db)
+                    assert cached(proxy, conn, NOTE) == old
+                    result = subprocess.run(
+                        [PGREACTIVE, "cache", "flush", "--config", str(config), "--redis", url,
+                         "--upstream", f"postgresql://localhost:{PG_PORT}", "--database", db],
+                        capture_output=True, text=True, timeout=60, env=TOOL_ENV,
+                    )  # fmt: skip
+                    assert result.returncode == 0, (result.stdout, result.stderr)
+                    assert f"upstream {PG_HOST}:{PG_PORT}" in result.stdout, result.stdout
+                    fresh, decided = read(proxy, conn, NOTE)
+                    assert decided in (["miss"], ["bypass:catalog_unknown"]), decided
+                    assert fresh[2] == ((b"changed",),)
+            finally:
+                proxy.stop()
+    finally:
+        admin(f"drop database if exists {db} with (force)")
+
+
 # --- failures ------------------------------------------------------------------------------
 
 
