@@ -204,18 +204,17 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         loop.add_signal_handler(signal.SIGHUP, Reloader(config, reread, server, cache))
     http = None
     try:
+        await _listen(server.start(), f"listen {config.listen}")
         if config.metrics is not None:
             registry.register(
                 StatsCollector(stats, lambda: cache.available if cache is not None else None)
             )
             http = HttpEndpoints(config, registry, cache)
             await _listen(http.start(), f"metrics.listen {config.metrics}")
-        await _listen(server.start(), f"listen {config.listen}")
     except ListenError:
         if registering is not None:
             registering.cancel()
-        if http is not None:
-            http.close()
+        await server.shutdown()  # (nothing to wait for: no client got in yet)
         if cache is not None:
             await cache.close()
         raise

@@ -108,6 +108,7 @@ class Config:
     catalog: CatalogConfig = CatalogConfig()
     events: EventsConfig = EventsConfig()
     metrics: Address | None = None
+    metrics_token: str = ""  # when set, /metrics and /stats require it as a bearer token
     log_level: str = "INFO"
     log_format: str = "text"
     limits: LimitsConfig = LimitsConfig()
@@ -122,6 +123,7 @@ ENVIRONMENT = {
     "PGREACTIVE_UPSTREAM": "upstream.url",
     "PGREACTIVE_REDIS": "redis.url",
     "PGREACTIVE_METRICS": "metrics.listen",
+    "PGREACTIVE_METRICS_TOKEN": "metrics.token",
     "PGREACTIVE_LOG_LEVEL": "log.level",
     "PGREACTIVE_LOG_FORMAT": "log.format",
     "PGREACTIVE_CACHE_ENABLED": "cache.enabled",
@@ -244,6 +246,8 @@ def build(raw: Mapping[str, Any]) -> Config:
                 values["redis_url"], values["redis_timeout"] = result
             elif key == "log":
                 values["log_level"], values["log_format"] = result
+            elif key == "metrics":
+                values["metrics"], values["metrics_token"] = result
             else:
                 values[key] = result
     return Config(**values)
@@ -498,11 +502,20 @@ def _events(value: Any) -> EventsConfig:
     )
 
 
-def _metrics(value: Any) -> Address | None:
+def _metrics(value: Any) -> tuple[Address | None, str]:
+    """The metrics address (a bare PORT means 127.0.0.1:PORT: /metrics and /stats are not
+    exposed beyond this host unless a host says so) and the bearer token."""
     raw = _mapping("metrics", value)
-    _no_unknown("metrics.", raw, {"listen": 0})
+    _no_unknown("metrics.", raw, {"listen": 0, "token": 0})
+    token = _str("metrics.token", _optional(raw, "token", ""))
     listen = raw.get("listen")
-    return None if listen in (None, "") else parse_address("metrics.listen", listen)
+    if listen in (None, ""):
+        return None, token
+    if isinstance(listen, int) and not isinstance(listen, bool):
+        listen = str(listen)
+    if isinstance(listen, str) and listen.isdigit():
+        listen = f"127.0.0.1:{listen}"
+    return parse_address("metrics.listen", listen), token
 
 
 def _log(value: Any) -> tuple[str, str]:
@@ -542,6 +555,7 @@ _FILE_KEYS = {
     "redis_url": "redis.url",
     "redis_timeout": "redis.timeout",
     "metrics": "metrics.listen",
+    "metrics_token": "metrics.token",
     "log_level": "log.level",
     "log_format": "log.format",
 }

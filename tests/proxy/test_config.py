@@ -130,7 +130,8 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("events: {stream_maxlen: 0}", "events.stream_maxlen", id="stream-0"),
         pytest.param("events: {requires_ack: 1}", "events.requires_ack", id="ack-number"),
         pytest.param("metrics: '127.0.0.1:9187'", "metrics", id="metrics-string"),
-        pytest.param("metrics: {listen: 9187}", "metrics.listen", id="metrics-port-only"),
+        pytest.param("metrics: {listen: 70000}", "metrics.listen", id="metrics-port-big"),
+        pytest.param("metrics: {token: 5}", "metrics.token", id="metrics-token-number"),
         pytest.param("log: {level: 3}", "log.level", id="log-level-number"),
         pytest.param("cache: {default_ttl: 5}\ncache: {enabled: true}", "cache", id="twice"),
         pytest.param("cache:\n  ttl: {a: 1, a: 2}\n", "a", id="twice-nested"),
@@ -380,3 +381,9 @@ def test_events_go_to_the_namespaced_channel() -> None:
 def test_a_namespace_with_other_characters_is_refused(bad: str) -> None:
     with pytest.raises(ConfigError, match=r"^namespace: expected letters"):
         load(None, {}, {"namespace": bad})
+
+
+@pytest.mark.parametrize("listen", ["9187", 9187])
+def test_a_bare_metrics_port_binds_this_host_only(listen: object) -> None:
+    config = load(None, {}, {"metrics.listen": listen})
+    assert config.metrics == Address("127.0.0.1", 9187)
