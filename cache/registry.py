@@ -22,13 +22,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.config import Config, events_channel, namespace
+from proxy.metrics import version
 
 log = logging.getLogger("pgreactive.registry")
 
@@ -69,14 +69,6 @@ def registration(config: Config) -> Registration:
         version=version(),
         registered=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     )
-
-
-def version() -> str:
-    """The installed pgreactive's version."""
-    try:
-        return metadata.version("pgreactive")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 async def register(client: Redis, config: Config) -> bool:

@@ -349,9 +349,7 @@ class CacheService:
             if ddl is None or any(self._catalog_ddl.get(p.catalog_id) != ddl for p in plans):
                 ok = await self.backend.bump([ns.epoch])
                 self.catalogs.invalidate(database)
-        self.stats.invalidations += 1
-        if any(p.whole_database for p in plans):
-            self.stats.database_invalidations += 1
+        self.stats.invalidated(database, any(p.whole_database for p in plans))
         if self.catalogs is not None and any(p.catalog_changed for p in plans):
             self.catalogs.invalidate(database)  # DDL (or code that may run it): reload
         if not ok:

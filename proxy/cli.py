@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from cache.registry import version
 from proxy.config import Config, ConfigError, load, namespace, plan_reload, read_config_file
+from proxy.metrics import Histograms, version
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -184,18 +184,28 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     """Run the proxy until SIGTERM/SIGINT, then shut down gracefully; on SIGHUP, reload
     the configuration from `reread` (when given)."""
     from proxy.http import HttpEndpoints
-    from proxy.metrics import Latency, Stats, StatsCollector
+    from proxy.metrics import (
+        Latency,
+        Stats,
+        StatsCollector,
+        redis_round_trips,
+        standard_collectors,
+        upstream_round_trips,
+    )
     from proxy.server import Server
 
     registry = CollectorRegistry()
+    standard_collectors(registry)
     stats = Stats()
     cache = None
     registering = None
     if config.cache.enabled:
-        cache = _cache_service(config, stats, Latency(registry))
+        redis = redis_round_trips(registry) if config.redis_url else None
+        cache = _cache_service(config, stats, Latency(registry), redis)
         await cache.start()
         registering = await _register(cache)
-    server = Server(config, cache, stats)
+    connect = upstream_round_trips(registry).observers["connect"]
+    server = Server(config, cache, stats, connect)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -234,7 +244,7 @@ async def _register(cache: CacheService) -> asyncio.Task[None] | None:
     from cache.registry import keep_registering, register
     from cache.store import RedisBackend
 
-    backend = cache.backend
+    backend = getattr(cache.backend, "inner", cache.backend)  # under a TimedBackend
     if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):
         return None
     return asyncio.get_running_loop().create_task(keep_registering(backend.client, cache.config))
@@ -249,12 +259,15 @@ async def _listen(start: Awaitable[None], what: str) -> None:
         raise ListenError(f"{what}: cannot listen there: {reason}") from None
 
 
-def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
+def _cache_service(
+    config: Config, stats: Any, latency: Any, round_trips: Histograms | None
+) -> CacheService:
     from cache.backend import Backend
     from cache.keys import global_epoch
     from cache.memory import MemoryBackend
     from cache.service import CacheService
     from cache.store import RedisBackend
+    from cache.timing import TimedBackend
 
     backend: Backend
     epoch = global_epoch(namespace(config))
@@ -265,6 +278,8 @@ def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
             op_timeout=config.redis_timeout,
             connect_timeout=config.redis_timeout,
         )
+        if round_trips is not None:
+            backend = TimedBackend(backend, round_trips.observers)
     else:
         logging.getLogger("pgreactive").info(
             "no Redis configured: in-memory cache for this process only"

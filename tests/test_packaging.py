@@ -559,6 +559,21 @@ def test_promtool_accepts_the_prometheus_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_promtool_accepts_the_example_alert_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ROOT / "deploy" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout, result.stdout
+
+
 # --- the seed schema, on the real Postgres -------------------------------------------------------
 
 
