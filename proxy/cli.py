@@ -88,7 +88,7 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
             overrides[key] = value
     if args.no_cache:
         overrides["cache.enabled"] = False
-    return load(text, environ, overrides)
+    return load(text, environ, overrides, source=args.config or "config file")
 
 
 class JsonFormatter(logging.Formatter):

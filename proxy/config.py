@@ -147,18 +147,21 @@ def load(
     text: str | None,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any],
+    source: str = "config file",
 ) -> Config:
-    """Merge file text, environment and flag overrides (dotted keys) into a `Config`."""
+    """Merge file text, environment and flag overrides (dotted keys) into a `Config`.
+
+    `source` names the text in the errors that concern the file as a whole (its path; ""
+    when the caller prints the path itself)."""
     raw: dict[str, Any] = {}
+    prefix = f"{source}: " if source else ""
     if text is not None:
         try:
             parsed = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file: invalid YAML{where}") from exc
+            raise ConfigError(f"{prefix}invalid YAML{_yaml_problem(exc)}") from None
         if parsed is not None and not isinstance(parsed, dict):
-            raise ConfigError("config file: expected a mapping at the top level")
+            raise ConfigError(f"{prefix}expected a mapping at the top level")
         raw = parsed or {}
     for variable, key in ENVIRONMENT.items():
         if variable in environ:
@@ -166,6 +169,16 @@ def load(
     for key, value in overrides.items():
         _override(raw, key, value)
     return build(raw)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: PyYAML's reason`` (as much of it as PyYAML gives)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    reason = ", ".join(str(part) for part in (context, problem) if part)
+    return f"{where}: {reason}" if reason else where
 
 
 class _StrictLoader(yaml.SafeLoader):

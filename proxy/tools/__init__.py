@@ -63,7 +63,8 @@ def tool_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    return load(text, dict(os.environ) if environ is None else environ, overrides)
+    environ = dict(os.environ) if environ is None else environ
+    return load(text, environ, overrides, source=args.config or "config file")
 
 
 def redacted(url: str) -> str:

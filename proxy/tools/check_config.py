@@ -42,7 +42,7 @@ def check(path: str, environ: Mapping[str, str]) -> str | None:
     except UnicodeDecodeError:
         return "cannot read: not UTF-8 text"
     try:
-        load(text, environ, {})
+        load(text, environ, {}, source="")  # the caller names the file
     except ConfigError as exc:
         return _blame(str(exc), environ)
     return None

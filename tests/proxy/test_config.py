@@ -387,3 +387,21 @@ def test_a_namespace_with_other_characters_is_refused(bad: str) -> None:
 def test_a_bare_metrics_port_binds_this_host_only(listen: object) -> None:
     config = load(None, {}, {"metrics.listen": listen})
     assert config.metrics == Address("127.0.0.1", 9187)
+
+
+def test_invalid_yaml_names_the_file_the_line_and_the_reason(tmp_path: Path) -> None:
+    from proxy.cli import config_from_args
+
+    path = tmp_path / "server.yaml"
+    path.write_text("cache:\n  ttl: {a: 1\nlisten: x\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_args(["--config", str(path)], {})
+    assert str(info.value) == (
+        f"{path}: invalid YAML at line 3, column 7: while parsing a flow mapping,"
+        " expected ',' or '}', but got ':'"
+    )
+    # check-config prints the file name itself, once.
+    assert check(str(path), {}) == (
+        "invalid YAML at line 3, column 7: while parsing a flow mapping,"
+        " expected ',' or '}', but got ':'"
+    )
