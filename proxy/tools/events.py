@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import sys
@@ -258,13 +257,7 @@ async def _run(config: Config, since: str | None, keep: EventFilter) -> int:
     except RedisFailure as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_REDIS
-    except BrokenPipeError:
-        # The reader went away (`... | head`): stop quietly, and keep the interpreter's
-        # final flush of stdout from failing again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    return 0
+    return 0  # (a closed stdout raises BrokenPipeError, which `proxy.cli.main` handles)
 
 
 def add_commands(subparsers: Subcommands) -> None:
