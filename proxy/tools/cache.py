@@ -137,13 +137,21 @@ async def _plans(
             raise FlushError(
                 f"nothing flushed: database {database} has no relation {', '.join(missing)}"
             )
-    else:
-        print(
-            f"{PROG}: note: no catalog configured (catalog.user): cached reads of views,"
-            " parents or partitions of the table are not reached; flush the database for them",
-            file=sys.stderr,
-        )
     return [table_plan(ns, table, catalog, service.policy) for table in tables]
+
+
+def _notes(config: Config, record: Registration, plans: Sequence[WritePlan]) -> list[str]:
+    """What to say on stderr once the flush goes ahead (a failure is one line only)."""
+    notes = []
+    if any(not p.whole_database for p in plans) and not config.catalog.user:
+        notes.append(
+            "note: no catalog configured (catalog.user): cached reads of views, parents or"
+            " partitions of the table are not reached; flush the database for them"
+        )
+    channel = channel_note(config, record)
+    if channel is not None:
+        notes.append(channel)
+    return notes
 
 
 async def server_registration(config: Config) -> Registration:
@@ -172,9 +180,6 @@ async def flush(
     None: every database); raises FlushError."""
     record = await server_registration(config)
     config = adopt(config, record)
-    note = channel_note(config, record)
-    if note is not None:
-        print(f"{PROG}: {note}", file=sys.stderr)
     assert config.redis_url is not None
     where = redacted(config.redis_url)
     warnings = _Warnings()
@@ -196,6 +201,8 @@ async def flush(
         else:
             plans = await _plans(service, database, tables, warnings)
         await _check_matches(backend, plans, database, config)
+        for note in _notes(config, record, plans):
+            print(f"{PROG}: {note}", file=sys.stderr)
         if not await service.invalidate(database or "*", plans, source=SOURCE):
             raise FlushError(f"Redis at {where} failed during the flush{warnings.reason()}")
         for plan in plans:

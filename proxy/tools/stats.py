@@ -93,8 +93,12 @@ def stats_url(address: Address, sort: str = "calls", limit: int | None = None) -
     host = _WILDCARDS.get(address.host, address.host)
     if ":" in host:
         host = f"[{host}]"
-    query = {"sort": sort, **({"limit": str(limit)} if limit is not None else {})}
-    return f"http://{host}:{address.port}/stats?{urllib.parse.urlencode(query)}"
+    query = {
+        **({"sort": sort} if sort != "calls" else {}),
+        **({"limit": str(limit)} if limit is not None else {}),
+    }
+    url = f"http://{host}:{address.port}/stats"
+    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
 
 
 def fetch(url: str, token: str = "", *, defaulted: bool = False) -> bytes:
