@@ -88,7 +88,8 @@ class HttpEndpoints:
         if not token:
             return True
         scheme, _, given = authorization.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+        given_bytes = given.strip().encode()  # bytes: compare_digest refuses non-ASCII str
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
 
     async def _route(self, method: str, path: str, query: str = "") -> tuple[str, str, bytes]:
         if method != "GET":

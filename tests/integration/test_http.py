@@ -154,7 +154,7 @@ def test_a_bearer_token_guards_metrics_and_stats_but_not_the_probes(tmp_path: Pa
         assert proxy.metrics_url
         for path in ("/metrics", "/stats"):
             assert _get(proxy, path)[0] == 401
-            for wrong in ("Bearer nope", f"Basic {token}", token):
+            for wrong in ("Bearer nope", f"Basic {token}", token, "Bearer caf\u00e9"):
                 request = urllib.request.Request(
                     proxy.metrics_url + path, headers={"Authorization": wrong}
                 )
