@@ -19,20 +19,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 # Only what the wheel is built from (pyproject.toml names README.md as the long description).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY proxy ./proxy
 COPY analyzer ./analyzer
 COPY cache ./cache
 
 # The same venv and pip commands as the Makefile's `$(VENV)/.installed` target, which is what
 # `make test` (and so CI) exercises; tests/test_packaging.py fails if they drift apart.
-# The two deliberate differences: no `-e` (the runtime stage copies only the venv, not /src)
-# and no `[test]` extra (pytest, mypy, ruff and the test drivers stay out of the image).
+# The one deliberate difference: no `-e` (the runtime stage copies only the venv, not /src);
+# like `make run` it installs no `[test]` extra (the Makefile's `.installed-test` adds it),
+# and like every Makefile install it pins the runtime versions with constraints.txt.
 # pglast, hiredis and uvloop come as manylinux wheels for amd64 and arm64, so no compiler is
 # needed; on another architecture add `build-essential` to this stage.
 RUN python -m venv /opt/pgreactive
 RUN /opt/pgreactive/bin/python -m pip install --quiet --upgrade pip
-RUN /opt/pgreactive/bin/python -m pip install --quiet .
+RUN /opt/pgreactive/bin/python -m pip install --quiet -c constraints.txt .
 
 # --- runtime: the venv on a slim Python, as a non-root user ----------------------------------
 # Same base image as the builder, so the venv's python symlink (/usr/local/bin/python3.11)

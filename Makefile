@@ -1,5 +1,7 @@
 # The two set-up commands of the README: `make run` and `make test`.
-# Both create .venv and install the project into it (once, and again when pyproject.toml changes).
+# Both create .venv and install the project into it (once, and again when pyproject.toml or
+# constraints.txt changes), with the pinned runtime versions of constraints.txt; `make run`
+# installs the runtime dependencies only, `make test` (and `make lint`) adds the test tools.
 PYTHON ?= python3
 VENV ?= .venv
 LISTEN ?= 127.0.0.1:6543
@@ -9,24 +11,30 @@ METRICS ?= 127.0.0.1:9187
 CERT_DIR ?= .dev-certs
 CERT_CN ?= localhost
 
-.PHONY: run test lint install dev-certs
+.PHONY: run test lint install install-test dev-certs
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 run: install
 	PGREACTIVE_CATALOG_USER=$${PGREACTIVE_CATALOG_USER-postgres} \
 	  $(VENV)/bin/pgreactive --listen $(LISTEN) --upstream $(UPSTREAM) --metrics $(METRICS) $(ARGS)
 
-test: install
+test: install-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check proxy analyzer cache tests bench
 	$(VENV)/bin/mypy
 

@@ -11,12 +11,16 @@ Validity comes from *generation counters* (DESIGN.md, "Generations"): an entry r
 values of the counters it depends on, read before its query ran, and is served only while
 they are unchanged.  Counters are named here:
 
-    pgr:epoch                           global: bumped when the cache heals after an outage
-    pgr:{DB}:epoch                      database: DDL, writes of unknown reach
-    pgr:{DB}:ddl                        database: DDL only (tells instances to reload catalogs)
-    pgr:{DB}:g:TABLE                    any write to TABLE              ("gen(T, any)")
-    pgr:{DB}:g:TABLE#COLUMN:-           a write to TABLE not confined on scope column COLUMN
-    pgr:{DB}:g:TABLE#COLUMN=VALUE       a write to TABLE confined to COLUMN = VALUE
+    NS:epoch                            global: bumped when the cache heals after an outage
+    NS:{DB}:epoch                       database: DDL, writes of unknown reach
+    NS:{DB}:ddl                         database: DDL only (tells instances to reload catalogs)
+    NS:{DB}:g:TABLE                     any write to TABLE              ("gen(T, any)")
+    NS:{DB}:g:TABLE#COLUMN:-            a write to TABLE not confined on scope column COLUMN
+    NS:{DB}:g:TABLE#COLUMN=VALUE        a write to TABLE confined to COLUMN = VALUE
+
+`NS` is the deployment's namespace (`proxy.config.namespace`: the `namespace` setting, or
+one derived from the upstream and the Redis database), so deployments sharing a Redis never
+read or bump each other's counters; "global" means every database of one namespace.
 
 An unscoped read of T depends on `g:T`; a read pinned to `COLUMN = X` on T depends on
 `g:T#COLUMN:-` and `g:T#COLUMN=X` (for each column it pins).  A write bumps `g:T` and, for
@@ -36,7 +40,15 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-GLOBAL_EPOCH = "pgr:epoch"
+DEFAULT_ROOT = "pgr"  # the namespace of `Namespace.of` when none is given (pure tests)
+
+
+def global_epoch(root: str) -> str:
+    """The epoch counter of every database of namespace `root`."""
+    return f"{root}:epoch"
+
+
+GLOBAL_EPOCH = global_epoch(DEFAULT_ROOT)
 KEY_VERSION = b"pgr1"
 
 # Settings known not to change the bytes of a read's result (PITFALLS C12): left out of the
@@ -93,14 +105,16 @@ def _irrelevant(name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Namespace:
-    """Where one database's keys live: the hash-tagged prefix for its upstream and name."""
+    """Where one database's keys live: the hash-tagged prefix for its upstream and name,
+    inside the deployment's namespace `root`."""
 
-    prefix: str  # "pgr:{<tag>}:"
+    prefix: str  # "ROOT:{<tag>}:"
+    global_epoch: str  # "ROOT:epoch"
 
     @classmethod
-    def of(cls, upstream: str, database: str) -> Namespace:
+    def of(cls, upstream: str, database: str, root: str = DEFAULT_ROOT) -> Namespace:
         tag = hashlib.blake2b(f"{upstream}\x00{database}".encode(), digest_size=6).hexdigest()
-        return cls(f"pgr:{{{tag}}}:")
+        return cls(f"{root}:{{{tag}}}:", global_epoch(root))
 
     @property
     def epoch(self) -> str:
@@ -157,7 +171,7 @@ def read_generations(
 ) -> list[str]:
     """The counters a read depends on, in a stable order (the global and database epochs
     first).  `pinned[table][column]` gives the scope values the read pins per table."""
-    keys = {GLOBAL_EPOCH, ns.epoch, ns.ddl}
+    keys = {ns.global_epoch, ns.epoch, ns.ddl}
     for table in tables:
         values = pinned.get(bare(table))
         if values:

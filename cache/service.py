@@ -41,7 +41,7 @@ from cache.catalog import Catalog, CatalogCache, load_catalog
 from cache.keys import Namespace
 from cache.pgclient import PgClient
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
-from proxy.config import Config
+from proxy.config import Config, events_channel, namespace
 from proxy.metrics import Latency, Stats
 from proxy.shapes import ShapeStats
 from proxy.tls import UpstreamTLS
@@ -125,6 +125,7 @@ class CacheService:
         self.policy = _policy(config, tuple(config.cache.scope_columns), self.catalogs is not None)
         upstream = config.upstream
         self.upstream_id = f"{upstream.host}:{upstream.port}"
+        self.root = namespace(config)  # every key, the channel and the stream start with it
         self.source = config.events.source or f"{socket.gethostname()}:{config.listen.port}"
         self._namespaces: dict[str, Namespace] = {}
         self._options: dict[tuple[str, int], AnalyzerOptions] = {}
@@ -198,7 +199,7 @@ class CacheService:
     def context(self, database: str) -> DatabaseContext:
         ns = self._namespaces.get(database)
         if ns is None:
-            ns = self._namespaces[database] = Namespace.of(self.upstream_id, database)
+            ns = self._namespaces[database] = Namespace.of(self.upstream_id, database, self.root)
         catalog = self.catalogs.get(database) if self.catalogs is not None else None
         scope = frozenset(self.config.cache.scope_columns)
         if catalog is None:
@@ -405,9 +406,7 @@ class CacheService:
             if ddl is None or any(self._catalog_ddl.get(p.catalog_id) != ddl for p in plans):
                 ok = await self.backend.bump([ns.epoch])
                 self.catalogs.invalidate(database)
-        self.stats.invalidations += 1
-        if any(p.whole_database for p in plans):
-            self.stats.database_invalidations += 1
+        self.stats.invalidated(database, any(p.whole_database for p in plans))
         if self.catalogs is not None and any(p.catalog_changed for p in plans):
             self.catalogs.invalidate(database)  # DDL (or code that may run it): reload
         if not ok:
@@ -446,11 +445,12 @@ class CacheService:
                     "database": database,
                 }
             )
-            event_id = await self.backend.publish(events.channel, payload, events.stream_maxlen)
+            channel = events_channel(self.config)
+            event_id = await self.backend.publish(channel, payload, events.stream_maxlen)
             if event_id:
                 self.stats.events_published += 1
                 if self.config.redis_url is None:  # in-process only: make events visible
-                    log.info("event %s on %s: table %s", event_id, events.channel, table)
+                    log.info("event %s on %s: table %s", event_id, channel, table)
 
     async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:
         """PREPARE TRANSACTION: keep its invalidations for COMMIT PREPARED, from anywhere."""

@@ -455,7 +455,9 @@ class SessionCache:
     def _bypassed(self, analysis: Analysis, reason: str) -> None:
         """Count a read that was forwarded, in the metric and under its shape."""
         self.service.stats.bypassed(reason)
-        self.service.shapes.bypassed(shape_name(analysis), analysis.sql, reason)
+        self.service.shapes.bypassed(
+            shape_name(analysis), analysis.sql, reason, self.session.database
+        )
 
     # --- reads: extended segments --------------------------------------------------------
 
@@ -639,13 +641,15 @@ class SessionCache:
                 service.stats.hits += 1
                 elapsed = time.perf_counter() - started
                 service.latency.hit(elapsed)
-                service.shapes.hit(shape_name(analysis), analysis.sql, elapsed)
+                service.shapes.hit(
+                    shape_name(analysis), analysis.sql, elapsed, session.database
+                )
             else:
                 capture = None
                 if isinstance(result, Lookup):
                     service.stats.misses += 1
                     shape = analysis.query_name or analysis.fingerprint
-                    service.shapes.miss(shape or _UNPARSED, analysis.sql)
+                    service.shapes.miss(shape or _UNPARSED, analysis.sql, session.database)
                     capture = Capture(
                         key, plan, result.gens, session.database, shape, started,
                         service.config.cache.max_result_bytes,
@@ -773,7 +777,7 @@ class SessionCache:
                 elapsed = time.perf_counter() - capture.started
                 self.service.latency.miss(elapsed)
                 if capture.shape is not None:
-                    self.service.shapes.miss_latency(capture.shape, elapsed)
+                    self.service.shapes.miss_latency(capture.shape, elapsed, capture.database)
             else:
                 self.service.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)

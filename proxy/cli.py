@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from proxy import tls
-from proxy.config import Config, ConfigError, load, plan_reload, read_config_file
+from proxy.config import Config, ConfigError, load, namespace, plan_reload, read_config_file
+from proxy.metrics import Histograms, version
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -35,22 +35,34 @@ EXIT_CONFIG = 2
 log = logging.getLogger("pgreactive")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"pgreactive: {message}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+class ListenError(Exception):
+    """A listening address could not be bound; the message is the one line to print."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgreactive", description="Reactive caching PostgreSQL proxy.")
+    from proxy.tools import ToolParser, cache, check_config, events, stats
+
+    p = ToolParser(
+        prog="pgreactive",
+        description="Reactive caching PostgreSQL proxy. Without a command it runs the proxy"
+        " with the options below; each command has its own --help.",
+    )
+    p.add_argument("--version", action="version", version=f"pgreactive {version()}")
     p.add_argument("--config", metavar="FILE", help="YAML configuration file")
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients connect to")
     p.add_argument("--upstream", metavar="postgresql://HOST:PORT", help="the Postgres server")
     p.add_argument("--redis", metavar="redis://HOST:PORT/DB", help="Redis for the cache")
+    p.add_argument(
+        "--namespace", metavar="NS", help="prefix of Redis keys and event channel (see docs)"
+    )
     p.add_argument("--no-cache", action="store_true", help="relay only, never cache")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     p.add_argument("--log-format", metavar="FORMAT", help="text, or json: one object per line")
+    p.set_defaults(run=None)
+    commands = p.add_subparsers(title="commands", metavar="COMMAND")
+    for tool in (check_config, stats, events, cache):
+        tool.add_commands(commands)
     return p
 
 
@@ -67,6 +79,7 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
         ("listen", "listen"),
         ("upstream", "upstream.url"),
         ("redis", "redis.url"),
+        ("namespace", "namespace"),
         ("metrics", "metrics.listen"),
         ("log_level", "log.level"),
         ("log_format", "log.format"),
@@ -76,7 +89,7 @@ def _config(args: argparse.Namespace, environ: dict[str, str]) -> Config:
             overrides[key] = value
     if args.no_cache:
         overrides["cache.enabled"] = False
-    return load(text, environ, overrides)
+    return load(text, environ, overrides, source=args.config or "config file")
 
 
 class JsonFormatter(logging.Formatter):
@@ -173,31 +186,53 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     """Run the proxy until SIGTERM/SIGINT, then shut down gracefully; on SIGHUP, reload
     the configuration from `reread` (when given)."""
     from proxy.http import HttpEndpoints
-    from proxy.metrics import Latency, Stats, StatsCollector
+    from proxy.metrics import (
+        Latency,
+        Stats,
+        StatsCollector,
+        redis_round_trips,
+        standard_collectors,
+        upstream_round_trips,
+    )
     from proxy.server import Server
 
     registry = CollectorRegistry()
+    standard_collectors(registry)
     stats = Stats()
     cache = None
+    registering = None
     if config.cache.enabled:
-        cache = _cache_service(config, stats, Latency(registry))
+        redis = redis_round_trips(registry) if config.redis_url else None
+        cache = _cache_service(config, stats, Latency(registry), redis)
         await cache.start()
-    server = Server(config, cache, stats)
+        registering = await _register(cache)
+    connect = upstream_round_trips(registry).observers["connect"]
+    server = Server(config, cache, stats, connect)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     if reread is not None:  # before listening: an early SIGHUP must not end the process
         loop.add_signal_handler(signal.SIGHUP, Reloader(config, reread, server, cache))
-    await server.start()
     http = None
-    if config.metrics is not None:
-        registry.register(
-            StatsCollector(stats, lambda: cache.available if cache is not None else None)
-        )
-        http = HttpEndpoints(config, registry, cache)
-        await http.start()
+    try:
+        await _listen(server.start(), f"listen {config.listen}")
+        if config.metrics is not None:
+            registry.register(
+                StatsCollector(stats, lambda: cache.available if cache is not None else None)
+            )
+            http = HttpEndpoints(config, registry, cache)
+            await _listen(http.start(), f"metrics.listen {config.metrics}")
+    except ListenError:
+        if registering is not None:
+            registering.cancel()
+        await server.shutdown()  # (nothing to wait for: no client got in yet)
+        if cache is not None:
+            await cache.close()
+        raise
     await stopping.wait()
+    if registering is not None:
+        registering.cancel()
     if http is not None:
         http.close()
     await server.shutdown()
@@ -205,40 +240,72 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         await cache.close()
 
 
-def _cache_service(config: Config, stats: Any, latency: Any) -> Any:
+async def _register(cache: CacheService) -> asyncio.Task[None] | None:
+    """Register the namespace in Redis for the tools (`cache.registry`); when Redis is not
+    there yet, a task retries until it is."""
+    from cache.registry import keep_registering, register
+    from cache.store import RedisBackend
+
+    backend = getattr(cache.backend, "inner", cache.backend)  # under a TimedBackend
+    if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):
+        return None
+    return asyncio.get_running_loop().create_task(keep_registering(backend.client, cache.config))
+
+
+async def _listen(start: Awaitable[None], what: str) -> None:
+    """Bind a listener; a taken or unusable address is a ListenError."""
+    try:
+        await start
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"{what}: cannot listen there: {reason}") from None
+
+
+def _cache_service(
+    config: Config, stats: Any, latency: Any, round_trips: Histograms | None
+) -> CacheService:
     from cache.backend import Backend
+    from cache.keys import global_epoch
     from cache.memory import MemoryBackend
     from cache.service import CacheService
     from cache.store import RedisBackend
+    from cache.timing import TimedBackend
 
     backend: Backend
+    epoch = global_epoch(namespace(config))
     if config.redis_url:
         backend = RedisBackend.from_url(
-            config.redis_url, op_timeout=config.redis_timeout, connect_timeout=config.redis_timeout
+            config.redis_url,
+            epoch_key=epoch,
+            op_timeout=config.redis_timeout,
+            connect_timeout=config.redis_timeout,
         )
+        if round_trips is not None:
+            backend = TimedBackend(backend, round_trips.observers)
     else:
         logging.getLogger("pgreactive").info(
             "no Redis configured: in-memory cache for this process only"
         )
-        backend = MemoryBackend()
+        backend = MemoryBackend(epoch_key=epoch)
     return CacheService(config, backend, stats, latency)
 
 
-# Subcommands: the first argument names a tool module with `main(argv) -> int`.
-TOOLS = {
-    "check-config": "proxy.tools.check_config",
-    "events": "proxy.tools.events",
-    "stats": "proxy.tools.stats",
-    "cache": "proxy.tools.cache",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        tool: Any = importlib.import_module(TOOLS[argv[0]])
-        return int(tool.main(argv[1:]))
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (``pgreactive stats | head``): stop quietly, and
+        # keep the interpreter's final flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.run is not None:
+        code = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return code
     try:
         config = _config(args, dict(os.environ))
         tls.contexts(config)  # the certificate files can be used (the server loads them again)
@@ -248,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config)
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(config, lambda: _config(args, dict(os.environ))))
+    except ListenError as exc:
+        print(f"pgreactive: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -17,7 +17,9 @@ Pure: reads only the text and mappings it is given (the caller reads the file an
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -93,7 +95,7 @@ class CacheConfig:
 class EventsConfig:
     """Where invalidation events go."""
 
-    channel: str = "pgreactive:invalidations"
+    channel: str = "invalidations"  # after the namespace: NAMESPACE:invalidations
     stream_maxlen: int = 10000
     requires_ack: bool = True
     source: str = ""
@@ -123,6 +125,7 @@ class Config:
     """The whole validated configuration."""
 
     listen: Address = Address("127.0.0.1", 6543)
+    namespace: str = ""  # empty: derived from the upstream and the Redis database
     upstream: UpstreamConfig = UpstreamConfig()
     tls: TLSConfig = TLSConfig()
     redis_url: str | None = None
@@ -132,6 +135,7 @@ class Config:
     catalog: CatalogConfig = CatalogConfig()
     events: EventsConfig = EventsConfig()
     metrics: Address | None = None
+    metrics_token: str = ""  # when set, /metrics and /stats require it as a bearer token
     log_level: str = "INFO"
     log_format: str = "text"
     limits: LimitsConfig = LimitsConfig()
@@ -142,9 +146,11 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Environment variables and the dotted keys they set.
 ENVIRONMENT = {
     "PGREACTIVE_LISTEN": "listen",
+    "PGREACTIVE_NAMESPACE": "namespace",
     "PGREACTIVE_UPSTREAM": "upstream.url",
     "PGREACTIVE_REDIS": "redis.url",
     "PGREACTIVE_METRICS": "metrics.listen",
+    "PGREACTIVE_METRICS_TOKEN": "metrics.token",
     "PGREACTIVE_LOG_LEVEL": "log.level",
     "PGREACTIVE_LOG_FORMAT": "log.format",
     "PGREACTIVE_CACHE_ENABLED": "cache.enabled",
@@ -168,18 +174,21 @@ def load(
     text: str | None,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any],
+    source: str = "config file",
 ) -> Config:
-    """Merge file text, environment and flag overrides (dotted keys) into a `Config`."""
+    """Merge file text, environment and flag overrides (dotted keys) into a `Config`.
+
+    `source` names the text in the errors that concern the file as a whole (its path; ""
+    when the caller prints the path itself)."""
     raw: dict[str, Any] = {}
+    prefix = f"{source}: " if source else ""
     if text is not None:
         try:
             parsed = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file: invalid YAML{where}") from exc
+            raise ConfigError(f"{prefix}invalid YAML{_yaml_problem(exc)}") from None
         if parsed is not None and not isinstance(parsed, dict):
-            raise ConfigError("config file: expected a mapping at the top level")
+            raise ConfigError(f"{prefix}expected a mapping at the top level")
         raw = parsed or {}
     for variable, key in ENVIRONMENT.items():
         if variable in environ:
@@ -187,6 +196,16 @@ def load(
     for key, value in overrides.items():
         _override(raw, key, value)
     return build(raw)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` at line L, column C: PyYAML's reason`` (as much of it as PyYAML gives)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    reason = ", ".join(str(part) for part in (context, problem) if part)
+    return f"{where}: {reason}" if reason else where
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -247,6 +266,7 @@ def build(raw: Mapping[str, Any]) -> Config:
     """Validate a merged mapping into a `Config`."""
     sections: dict[str, Callable[[Any], Any]] = {
         "listen": lambda v: parse_address("listen", v),
+        "namespace": _namespace,
         "upstream": _upstream,
         "tls": _tls,
         "redis": _redis,
@@ -267,6 +287,8 @@ def build(raw: Mapping[str, Any]) -> Config:
                 values["redis_url"], values["redis_timeout"] = result
             elif key == "log":
                 values["log_level"], values["log_format"] = result
+            elif key == "metrics":
+                values["metrics"], values["metrics_token"] = result
             else:
                 values[key] = result
     return Config(**values)
@@ -367,6 +389,49 @@ def _port(key: str, value: Any, minimum: int = 1) -> int:
     if port > 65535:
         raise ConfigError(f"{key}: port must be 1..65535, got {port}")
     return port
+
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _namespace(value: Any) -> str:
+    text = _str("namespace", value)
+    if text and not _NAMESPACE.fullmatch(text):
+        raise ConfigError(
+            "namespace: expected letters, digits and _ . : - (starting with a letter or a"
+            f" digit), got {text!r}"
+        )
+    return text
+
+
+def namespace(config: Config) -> str:
+    """The prefix of every Redis key, the event channel and stream of this deployment:
+    `config.namespace`, or when empty ``pgr-`` and a hash of the upstream (as spelled) and
+    the Redis database number, so deployments sharing a Redis server stay apart (pub/sub
+    channels ignore the database number)."""
+    if config.namespace:
+        return config.namespace
+    upstream = f"{config.upstream.host}:{config.upstream.port}"
+    identity = f"{upstream}\x00{redis_database(config.redis_url)}"
+    return "pgr-" + hashlib.blake2b(identity.encode(), digest_size=5).hexdigest()
+
+
+def events_channel(config: Config) -> str:
+    """The pub/sub channel, and the stream of the same name, that events go to."""
+    return f"{namespace(config)}:{config.events.channel}"
+
+
+def redis_database(url: str | None) -> int:
+    """The database number of a Redis URL (``/N`` or ``?db=N``; 0 when absent)."""
+    if not url:
+        return 0
+    parts = urlsplit(url)
+    for item in parts.query.split("&"):
+        name, _, value = item.partition("=")
+        if name == "db" and value.isdigit():
+            return int(value)
+    path = parts.path.strip("/")
+    return int(path) if parts.scheme != "unix" and path.isdigit() else 0
 
 
 def _upstream(value: Any) -> UpstreamConfig:
@@ -539,11 +604,20 @@ def _events(value: Any) -> EventsConfig:
     )
 
 
-def _metrics(value: Any) -> Address | None:
+def _metrics(value: Any) -> tuple[Address | None, str]:
+    """The metrics address (a bare PORT means 127.0.0.1:PORT: /metrics and /stats are not
+    exposed beyond this host unless a host says so) and the bearer token."""
     raw = _mapping("metrics", value)
-    _no_unknown("metrics.", raw, {"listen": 0})
+    _no_unknown("metrics.", raw, {"listen": 0, "token": 0})
+    token = _str("metrics.token", _optional(raw, "token", ""))
     listen = raw.get("listen")
-    return None if listen in (None, "") else parse_address("metrics.listen", listen)
+    if listen in (None, ""):
+        return None, token
+    if isinstance(listen, int) and not isinstance(listen, bool):
+        listen = str(listen)
+    if isinstance(listen, str) and listen.isdigit():
+        listen = f"127.0.0.1:{listen}"
+    return parse_address("metrics.listen", listen), token
 
 
 def _log(value: Any) -> tuple[str, str]:
@@ -595,6 +669,7 @@ _FILE_KEYS = {
     "redis_url": "redis.url",
     "redis_timeout": "redis.timeout",
     "metrics": "metrics.listen",
+    "metrics_token": "metrics.token",
     "log_level": "log.level",
     "log_format": "log.format",
 }

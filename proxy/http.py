@@ -2,22 +2,29 @@
 
 Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET only.
 `/readyz` answers 200 when a TCP connection to the upstream succeeds, else 503.
-`/stats` answers the per-query-shape counters (`proxy.shapes`) as JSON, most called first:
-``{"shapes": [{name, sql, calls, hits, misses, bypass, mean_latency_ms}, ...], "bound": N}``,
-or ``{"shapes": [], "cache": "off"}`` when the cache is off.
+`/stats` answers the per-query-shape counters (`proxy.shapes`) as JSON, most called first
+(``?sort=calls|hits|misses|bypass|latency|name`` and ``?limit=N`` change that):
+``{"shapes": [{name, database, sql, calls, hits, misses, bypass, mean_latency_ms}, ...],
+"bound": N, "total": M}``, or ``{"shapes": [], "cache": "off"}`` when the cache is off.
+
+With `metrics.token` set, `/metrics` and `/stats` answer only a request carrying
+``Authorization: Bearer TOKEN`` (else 401); `/healthz` and `/readyz` stay open for probes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from proxy.config import Config
+from proxy.shapes import SORTS
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -51,14 +58,23 @@ class HttpEndpoints:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            authorization = ""
             async with asyncio.timeout(10):
                 request = await reader.readline()
-                while (await reader.readline()).strip():
-                    pass
+                while line := (await reader.readline()).strip():
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "authorization":
+                        authorization = value.strip()
             parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            status, ctype, body = await self._route(parts[0] if parts else "", path)
+            path, _, query = (parts[1] if len(parts) >= 2 else "").partition("?")
+            method = parts[0] if parts else ""
+            if path in _PROTECTED and not self._authorized(authorization):
+                status, ctype, body = _UNAUTHORIZED
+            else:
+                status, ctype, body = await self._route(method, path, query)
             head = f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+            if status == _UNAUTHORIZED[0]:
+                head += 'WWW-Authenticate: Bearer realm="pgreactive"\r\n'
             head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             writer.write(head.encode() + body)
             await writer.drain()
@@ -67,7 +83,15 @@ class HttpEndpoints:
         finally:
             writer.close()
 
-    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    def _authorized(self, authorization: str) -> bool:
+        token = self.config.metrics_token
+        if not token:
+            return True
+        scheme, _, given = authorization.partition(" ")
+        given_bytes = given.strip().encode()  # bytes: compare_digest refuses non-ASCII str
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+    async def _route(self, method: str, path: str, query: str = "") -> tuple[str, str, bytes]:
         if method != "GET":
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if path == "/metrics":
@@ -85,13 +109,17 @@ class HttpEndpoints:
             status = "200 OK" if upstream else "503 Service Unavailable"
             return status, "application/json", body + b"\n"
         if path == "/stats":
-            return "200 OK", "application/json", self._stats() + b"\n"
+            try:
+                sort, limit = _stats_options(query)
+            except ValueError as exc:
+                return "400 Bad Request", "text/plain", f"{exc}\n".encode()
+            return "200 OK", "application/json", self._stats(sort, limit) + b"\n"
         return "404 Not Found", "text/plain", b"not found\n"
 
-    def _stats(self) -> bytes:
+    def _stats(self, sort: str, limit: int | None) -> bytes:
         if self.cache is None:
             return json.dumps({"shapes": [], "cache": "off"}).encode()
-        return json.dumps(self.cache.shapes.document()).encode()
+        return json.dumps(self.cache.shapes.document(sort, limit)).encode()
 
     async def _upstream_reachable(self) -> bool:
         upstream = self.config.upstream
@@ -102,3 +130,21 @@ class HttpEndpoints:
             return False
         writer.close()
         return True
+
+
+_PROTECTED = frozenset({"/metrics", "/stats"})
+_UNAUTHORIZED = ("401 Unauthorized", "text/plain", b"a bearer token is required\n")
+
+
+def _stats_options(query: str) -> tuple[str, int | None]:
+    """``sort`` and ``limit`` of a /stats query string (ValueError: the reason)."""
+    options = parse_qs(query)
+    sort = options.get("sort", ["calls"])[-1]
+    if sort not in SORTS:
+        raise ValueError(f"sort: expected one of {', '.join(SORTS)}, got {sort!r}")
+    limit_text = options.get("limit", [""])[-1]
+    if not limit_text:
+        return sort, None
+    if not limit_text.isdigit():
+        raise ValueError(f"limit: expected a number >= 0, got {limit_text!r}")
+    return sort, int(limit_text)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import bisect
 import math
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -43,36 +45,51 @@ class Stats:
     fills_stored: int = 0
     fills_refused: int = 0
     fills_abandoned: int = 0
-    invalidations: int = 0
-    database_invalidations: int = 0
+    invalidations: dict[tuple[str, str], int] = field(default_factory=dict)  # (db, reach)
     invalidation_failures: int = 0
     events_published: int = 0
 
     def bypassed(self, reason: str) -> None:
         self.bypass[reason] = self.bypass.get(reason, 0) + 1
 
+    def invalidated(self, database: str, whole_database: bool) -> None:
+        """One committed invalidation of `database` (the label is bounded: the write
+        committed, so Postgres has that database)."""
+        key = (database, "database" if whole_database else "tables")
+        self.invalidations[key] = self.invalidations.get(key, 0) + 1
 
-class Latency(Collector):
-    """Histograms of query latency on the cache path, by outcome.
 
-    Observed on every hit, so kept as plain lists (a bisect and two additions) rather
-    than prometheus-client `Histogram`s, which take a lock per observation; exposed as
-    the histogram `pgreactive_query_duration_seconds{outcome=hit|miss}`.
+class Histograms(Collector):
+    """One histogram family, one histogram per value of its one label, observed on hot paths.
+
+    Kept as plain lists (a bisect and two additions per observation) rather than
+    prometheus-client `Histogram`s, which take a lock per observation.
     """
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        values: tuple[str, ...],
+        registry: CollectorRegistry | None,
+        buckets: tuple[float, ...] = _LATENCY_BUCKETS,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = buckets
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, list[float]] = {}
-        self.hit = self._observer("hit")
-        self.miss = self._observer("miss")
+        self.observers = {value: self._observer(value) for value in values}
         if registry is not None:
             registry.register(self)
 
-    def _observer(self, outcome: str) -> Callable[[float], None]:
-        counts = self._buckets[outcome] = [0] * (len(_LATENCY_BUCKETS) + 1)
-        total = self._sums[outcome] = [0.0]
+    def _observer(self, value: str) -> Callable[[float], None]:
+        counts = self._buckets[value] = [0] * (len(self.bounds) + 1)
+        total = self._sums[value] = [0.0]
         where = bisect.bisect_left
-        bounds = _LATENCY_BUCKETS
+        bounds = self.bounds
 
         def observe(seconds: float) -> None:
             counts[where(bounds, seconds)] += 1  # the first bucket whose bound is >= it
@@ -81,18 +98,87 @@ class Latency(Collector):
         return observe
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(
-            "pgreactive_query_duration_seconds",
-            "Time from a cacheable request to the end of its response, by outcome",
-            labels=["outcome"],
-        )
-        for outcome, counts in self._buckets.items():
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, counts in self._buckets.items():
             cumulative, buckets = 0, []
-            for bound, count in zip((*_LATENCY_BUCKETS, math.inf), counts, strict=True):
+            for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
-            family.add_metric([outcome], buckets, self._sums[outcome][0])
+            family.add_metric([value], buckets, self._sums[value][0])
         yield family
+
+
+class Latency(Histograms):
+    """Query latency on the cache path, by outcome: observed on every hit, so kept as
+    plain lists; `pgreactive_query_duration_seconds{outcome=hit|miss}`."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        super().__init__(
+            "pgreactive_query_duration_seconds",
+            "Time from a cacheable request to the end of its response, by outcome",
+            "outcome",
+            ("hit", "miss"),
+            registry,
+        )
+        self.hit = self.observers["hit"]
+        self.miss = self.observers["miss"]
+
+
+REDIS_OPERATIONS = ("lookup", "fill", "bump", "mark", "publish")
+
+
+def redis_round_trips(registry: CollectorRegistry | None) -> Histograms:
+    """`pgreactive_redis_duration_seconds{operation}`: one round trip each (`cache.timing`)."""
+    return Histograms(
+        "pgreactive_redis_duration_seconds",
+        "Round trips to the cache backend (Redis), by operation; failures included",
+        "operation",
+        REDIS_OPERATIONS,
+        registry,
+    )
+
+
+def upstream_round_trips(registry: CollectorRegistry | None) -> Histograms:
+    """`pgreactive_upstream_duration_seconds{operation="connect"}`: opening a connection to
+    Postgres for a client (TCP; the relayed start-up and authentication are not in it)."""
+    return Histograms(
+        "pgreactive_upstream_duration_seconds",
+        "Round trips to the upstream Postgres the proxy itself waits for, by operation",
+        "operation",
+        ("connect",),
+        registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+
+
+class BuildInfo(Collector):
+    """`pgreactive_build_info{version, python}` = 1."""
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "pgreactive_build_info",
+            "Always 1: the pgreactive version and the Python it runs on",
+            labels=["version", "python"],
+        )
+        info.add_metric([version(), platform.python_version()], 1)
+        yield info
+
+
+def version() -> str:
+    """The installed pgreactive's version."""
+    try:
+        return metadata.version("pgreactive")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def standard_collectors(registry: CollectorRegistry) -> None:
+    """The client library's process, platform and garbage-collector metrics (`process_*`,
+    `python_info`, `python_gc_*`), and the build info."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(BuildInfo())
 
 
 class StatsCollector(Collector):
@@ -151,10 +237,12 @@ class StatsCollector(Collector):
         fills.add_metric(["abandoned"], s.fills_abandoned)
         yield fills
         invalidations = CounterMetricFamily(
-            "pgreactive_invalidations", "Committed invalidations by reach", labels=["reach"]
+            "pgreactive_invalidations",
+            "Committed invalidations by database and reach",
+            labels=["database", "reach"],
         )
-        invalidations.add_metric(["tables"], s.invalidations - s.database_invalidations)
-        invalidations.add_metric(["database"], s.database_invalidations)
+        for (database, reach), count in sorted(s.invalidations.items()):
+            invalidations.add_metric([database, reach], count)
         yield invalidations
         yield CounterMetricFamily(
             "pgreactive_invalidation_failures",

@@ -23,7 +23,7 @@ import logging
 import resource
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, ConfigError
@@ -65,13 +65,19 @@ class Server:
     """Accepts client connections and owns every session."""
 
     def __init__(
-        self, config: Config, cache: CacheService | None = None, stats: Stats | None = None
+        self,
+        config: Config,
+        cache: CacheService | None = None,
+        stats: Stats | None = None,
+        upstream_connect: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.stats = stats if stats is not None else (cache.stats if cache else Stats())
         # None: SSLRequest is answered N / sslmode=disable.  (ConfigError for a bad file.)
         self.client_tls, self.upstream_tls = contexts(config)
+        # Observes the seconds each upstream connection took to open.
+        self.upstream_connect = upstream_connect or _ignore
         self.sessions: set[ClientSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Server | None = None
@@ -198,3 +204,7 @@ class Server:
         await asyncio.sleep(0)
         self._closed.set()
         log.info("stopped")
+
+
+def _ignore(seconds: float) -> None:
+    """An observer that keeps nothing."""

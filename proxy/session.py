@@ -28,6 +28,7 @@ import asyncio
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, cast
@@ -352,11 +353,13 @@ class ClientSession(asyncio.Protocol):
 
     async def _connect(self) -> None:
         upstream = self.server.config.upstream
+        started = time.perf_counter()
         try:
             protocol = await connect(
                 self, upstream.host, upstream.port, upstream.connect_timeout,
                 self.server.upstream_tls,
             )  # fmt: skip
+            self.server.upstream_connect(time.perf_counter() - started)
         except (OSError, TimeoutError) as exc:
             self.fail(
                 UpstreamUnavailable(

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from cache.keys import Namespace
+
 PG_HOST = os.environ.get("PGREACTIVE_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("PGREACTIVE_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("PGREACTIVE_TEST_PG_USER", "postgres")
@@ -163,13 +165,28 @@ def scrape(proxy: ProxyProcess) -> dict[str, float]:
 
 
 CACHE_REDIS_DB = 12
+CACHE_REDIS_URL = f"redis://127.0.0.1:6379/{CACHE_REDIS_DB}"
+
+
+def proxy_namespace(redis_url: str = CACHE_REDIS_URL) -> str:
+    """The namespace a proxy started here (`start_proxy`'s upstream, no `namespace` set)
+    derives for `redis_url`: the prefix of its keys, channel and stream."""
+    from proxy.config import load, namespace
+
+    upstream = f"postgresql://{PG_HOST}:{PG_PORT}"
+    return namespace(load(None, {}, {"upstream.url": upstream, "redis.url": redis_url}))
+
+
+def key_namespace(db: str, redis_url: str = CACHE_REDIS_URL) -> Namespace:
+    """Where such a proxy keeps database `db`'s keys."""
+    return Namespace.of(f"{PG_HOST}:{PG_PORT}", db, proxy_namespace(redis_url))
 
 
 def start_caching_proxy(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
     """A proxy with the cache on: Redis db 12, a catalog connection as `postgres`, metrics."""
     return start_proxy(
         "--redis",
-        f"redis://127.0.0.1:6379/{CACHE_REDIS_DB}",
+        CACHE_REDIS_URL,
         "--metrics",
         "127.0.0.1:0",
         *args,

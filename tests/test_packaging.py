@@ -171,13 +171,9 @@ def _placeholder(token: str, python: str | None, venv: str | None) -> str:
 
 
 def as_in_the_image(make_commands: list[Command]) -> list[Command]:
-    """The Makefile's commands with the two differences the Dockerfile documents applied:
-    a regular install instead of an editable one (`-e`), and no `[test]` extra."""
-    image: list[Command] = []
-    for command in make_commands:
-        tokens = [t for t in command if t != "-e"]
-        image.append(tuple("." if t == ".[test]" else t for t in tokens))
-    return image
+    """The Makefile's commands with the one difference the Dockerfile documents applied:
+    a regular install instead of an editable one (`-e`)."""
+    return [tuple(t for t in command if t != "-e") for command in make_commands]
 
 
 def builder_commands(stages: list[Stage]) -> list[Command]:
@@ -185,8 +181,8 @@ def builder_commands(stages: list[Stage]) -> list[Command]:
     return install_commands(runs)
 
 
-def makefile_commands() -> list[Command]:
-    return install_commands(makefile_recipe((ROOT / "Makefile").read_text(), "$(VENV)/.installed"))
+def makefile_commands(target: str = "$(VENV)/.installed") -> list[Command]:
+    return install_commands(makefile_recipe((ROOT / "Makefile").read_text(), target))
 
 
 def test_makefile_install_commands_are_found() -> None:
@@ -194,7 +190,49 @@ def test_makefile_install_commands_are_found() -> None:
     the project into it (else an empty list on both sides would compare equal)."""
     commands = makefile_commands()
     assert commands[0][:3] == ("{python}", "-m", "venv"), commands
-    assert any(c[-2:] == ("-e", ".[test]") for c in commands), commands
+    assert any(c[-4:] == ("-c", "constraints.txt", "-e", ".") for c in commands), commands
+
+
+def _prerequisites(target: str) -> list[str]:
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        name, colon, rest = line.partition(":")
+        if colon and not line.startswith("\t") and name.strip() == target:
+            return rest.split()
+    raise AssertionError(f"no Makefile target {target}")
+
+
+def test_make_run_installs_the_runtime_only_and_make_test_adds_the_test_tools() -> None:
+    """`make run` stays small (issue 13: it installed the test tools too); both pin the
+    runtime with the same constraints file."""
+    assert _prerequisites("run") == ["install"]
+    assert _prerequisites("install") == ["$(VENV)/.installed"]
+    assert not any("[test]" in " ".join(c) for c in makefile_commands())
+    assert _prerequisites("test") == ["install-test"]
+    assert _prerequisites("install-test") == ["$(VENV)/.installed-test"]
+    assert _prerequisites("$(VENV)/.installed-test") == ["$(VENV)/.installed"]
+    assert makefile_commands("$(VENV)/.installed-test") == [
+        ("$(VENV)/bin/python", "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e",
+         ".[test]"),
+    ]  # fmt: skip
+
+
+def _requirement_name(text: str) -> str:
+    name = re.split(r"[\[<>=!~; ]", text.strip(), maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_pin_every_runtime_dependency_and_nothing_else() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_requirement_name(r) for r in project["dependencies"]}
+    assert "hiredis" in runtime  # imported by cache/store.py: a direct dependency
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            pins[_requirement_name(name)] = version
+    assert set(pins) == runtime
 
 
 def test_dockerfile_installs_like_the_makefile() -> None:
@@ -205,13 +243,21 @@ def test_dockerfile_installs_like_the_makefile() -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ("--quiet .", "--quiet --no-deps ."),
+        ("-c constraints.txt .", "-c constraints.txt --no-deps ."),
         ("install --quiet --upgrade pip", "install --quiet pip"),
         ("RUN /opt/pgreactive/bin/python -m pip install --quiet --upgrade pip\n", ""),
         ("RUN python -m venv /opt/pgreactive", "RUN python -m venv --copies /opt/pgreactive"),
-        ("--quiet .", "--quiet '.[test]'"),
+        ("-c constraints.txt .", "-c constraints.txt '.[test]'"),
+        ("--quiet -c constraints.txt .", "--quiet ."),
     ],
-    ids=["extra-flag", "no-upgrade", "missing-command", "venv-option", "test-extra"],
+    ids=[
+        "extra-flag",
+        "no-upgrade",
+        "missing-command",
+        "venv-option",
+        "test-extra",
+        "no-constraints",
+    ],
 )
 def test_install_comparison_catches_a_drift(old: str, new: str) -> None:
     """The comparison above fails when the Dockerfile drifts in anything else."""
@@ -557,6 +603,21 @@ def test_promtool_accepts_the_prometheus_config() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_example_alert_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ROOT / "deploy" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout, result.stdout
 
 
 # --- the seed schema, on the real Postgres -------------------------------------------------------

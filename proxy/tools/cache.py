@@ -6,52 +6,66 @@ on the server's Redis (`RedisBackend`) and calls `CacheService.invalidate` with 
 stale widens the flush to the database) and one event per flushed table is published, with
 operation ``FLUSH`` and source ``pgreactive cache flush``.
 
-* ``--table T`` bumps what an unscoped write to T bumps (`write_generations` with no scope
-  value: ``g:T`` and ``g:T#COLUMN:-`` for every scope column, which every read of T
-  depends on, pinned or not), for T and, with a catalog connection configured
+* ``--database D --table T`` bumps what an unscoped write to T bumps (`write_generations`
+  with no scope value: ``g:T`` and ``g:T#COLUMN:-`` for every scope column, which every
+  read of T depends on, pinned or not), for T and, with a catalog connection configured
   (``catalog.user``), for every table such a write reaches (`Catalog.write_targets`:
   partitions, parents, FK actions), plus the dependents `relations` names.  A read of a
   view over T depends on T's counters through the catalog.  Triggers do not widen a flush
   to the database, as they do for writes: a flush changes no row, so no trigger fires.
-* Without ``--table``, the database: its epoch, which every read of it depends on, and its
+* ``--database D`` alone: the database's epoch, which every read of it depends on, and its
   ``ddl`` counter, so every instance also reloads the database's catalog (the way to make
   them see DDL that bypassed every proxy).
-* ``--all`` bumps the global epoch `keys.GLOBAL_EPOCH`: every database of every instance
-  sharing that Redis database; its event names database ``*``.
+* ``--all`` bumps the namespace's epoch (`keys.global_epoch`): every database of every
+  instance of the deployment; its event names database ``*``.
 
-Keys are named per upstream and database (`Namespace.of("HOST:PORT", database)`), so the
-tool must be given the server's configuration -- the same ``upstream`` exactly as the
-server spells it (``localhost`` and ``127.0.0.1`` are different namespaces) and the same
-Redis -- through ``--config``, the ``PGREACTIVE_*`` environment or the flags.
+Keys are named by the server's namespace and its upstream *as the server spells it*, so the
+tool does not compute them from its own configuration: it takes them from the registration
+the server wrote into its Redis database at start (`cache.registry.choose`).  It needs only
+the server's Redis (and ``--namespace`` when several deployments share that database).
 
-Exit codes: 0 when the counters were bumped, 1 with one line when Redis is not configured or
-unreachable or the catalog cannot be read, 2 for a bad flag or configuration.
+A flush that would match nothing fails instead of saying it worked: a table the catalog
+does not know, or counters that do not exist in Redis (no read or write of that database or
+table ever went through a server of the namespace).
+
+Exit codes: 0 when the counters were bumped; 1 with one line when Redis is not configured or
+unreachable, no server registered the namespace, nothing matched or the catalog cannot be
+read; 2 for a bad flag or configuration.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from cache.catalog import Catalog
-from cache.keys import GLOBAL_EPOCH, Namespace, bare, write_generations
+from cache.keys import Namespace, bare, global_epoch, write_generations
 from cache.planner import CachePolicy, WritePlan
+from cache.registry import (
+    NotRegistered,
+    Registration,
+    adopt,
+    channel_note,
+    choose,
+    registrations,
+)
 from cache.service import CacheService
 from cache.store import RedisBackend
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, events_channel, namespace
 from proxy.metrics import Stats
-from proxy.tools import EXIT_CONFIG, ToolParser, redacted, tool_config, tool_parser
+from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive cache flush"
 SOURCE = "pgreactive cache flush"
 OPERATION = "FLUSH"
 EXIT_FAILED = 1
-# The configuration names no database (clients bring their own; `upstream.url` refuses a
-# path), so a flush without --database is of the database Postgres always has.
-DEFAULT_DATABASE = "postgres"
 _REDIS_TIMEOUT = 2.0  # seconds: a command-line tool may wait longer than a lookup
 
 
@@ -81,10 +95,10 @@ def database_plan(ns: Namespace) -> WritePlan:
     return WritePlan(bumps, "*", frozenset({"*"}), OPERATION, None, True, catalog_changed=True)
 
 
-def global_plan() -> WritePlan:
-    """Every read of every database."""
+def global_plan(root: str) -> WritePlan:
+    """Every read of every database of namespace `root`."""
     return WritePlan(
-        frozenset({GLOBAL_EPOCH}), "*", frozenset({"*"}), OPERATION, None, whole_database=True
+        frozenset({global_epoch(root)}), "*", frozenset({"*"}), OPERATION, None, True
     )
 
 
@@ -107,7 +121,7 @@ async def _plans(
     service: CacheService, database: str, tables: Sequence[str], warnings: _Warnings
 ) -> list[WritePlan]:
     """The plans for `tables` of `database` (the database itself without tables)."""
-    ns = Namespace.of(service.upstream_id, database)  # as `service.context` names it
+    ns = service.context(database).namespace
     if not tables:
         return [database_plan(ns)]
     catalog = None
@@ -118,26 +132,63 @@ async def _plans(
                 f"cannot read the catalog of database {database}{warnings.reason()}; without"
                 " --table the whole database is flushed, which needs no catalog"
             )
-        for table in tables:
-            if not catalog.resolve(table):
-                print(f"{PROG}: note: {database} has no relation {table}", file=sys.stderr)
-    else:
-        print(
-            f"{PROG}: note: no catalog configured (catalog.user): cached reads of views,"
-            " parents or partitions of the table are not reached; flush the database for them",
-            file=sys.stderr,
-        )
+        missing = [table for table in tables if not catalog.resolve(table)]
+        if missing:
+            raise FlushError(
+                f"nothing flushed: database {database} has no relation {', '.join(missing)}"
+            )
     return [table_plan(ns, table, catalog, service.policy) for table in tables]
 
 
-async def flush(config: Config, database: str, tables: Sequence[str], everything: bool) -> None:
-    """Bump the counters and publish the events; raises FlushError."""
+def _notes(config: Config, record: Registration, plans: Sequence[WritePlan]) -> list[str]:
+    """What to say on stderr once the flush goes ahead (a failure is one line only)."""
+    notes = []
+    if any(not p.whole_database for p in plans) and not config.catalog.user:
+        notes.append(
+            "note: no catalog configured (catalog.user): cached reads of views, parents or"
+            " partitions of the table are not reached; flush the database for them"
+        )
+    channel = channel_note(config, record)
+    if channel is not None:
+        notes.append(channel)
+    return notes
+
+
+async def server_registration(config: Config) -> Registration:
+    """The registration of the server `config` means (raises FlushError)."""
+    assert config.redis_url is not None
+    where = redacted(config.redis_url)
+    client = Redis.from_url(
+        config.redis_url, socket_timeout=_REDIS_TIMEOUT, socket_connect_timeout=_REDIS_TIMEOUT
+    )
+    try:
+        registered = await registrations(client)
+    except (RedisError, OSError) as exc:
+        raise FlushError(f"cannot reach Redis at {where} ({exc})") from None
+    finally:
+        await client.aclose()
+    try:
+        return choose(config, registered)
+    except NotRegistered as exc:
+        raise FlushError(f"nothing flushed: {exc} (Redis at {where})") from None
+
+
+async def flush(
+    config: Config, database: str | None, tables: Sequence[str]
+) -> None:
+    """Bump the counters of the registered server and publish the events (`database`
+    None: every database); raises FlushError."""
+    record = await server_registration(config)
+    config = adopt(config, record)
     assert config.redis_url is not None
     where = redacted(config.redis_url)
     warnings = _Warnings()
     logging.getLogger().addHandler(warnings)
     backend = RedisBackend.from_url(
-        config.redis_url, op_timeout=_REDIS_TIMEOUT, connect_timeout=_REDIS_TIMEOUT
+        config.redis_url,
+        epoch_key=global_epoch(namespace(config)),
+        op_timeout=_REDIS_TIMEOUT,
+        connect_timeout=_REDIS_TIMEOUT,
     )
     service = CacheService(config, backend, Stats())
     plans: list[WritePlan] = []
@@ -145,11 +196,14 @@ async def flush(config: Config, database: str, tables: Sequence[str], everything
         await service.start()
         if not backend.available:
             raise FlushError(f"cannot reach Redis at {where}{warnings.reason()}")
-        if everything:
-            database, plans = "*", [global_plan()]
+        if database is None:
+            plans = [global_plan(service.root)]
         else:
             plans = await _plans(service, database, tables, warnings)
-        if not await service.invalidate(database, plans, source=SOURCE):
+        await _check_matches(backend, plans, database, config)
+        for note in _notes(config, record, plans):
+            print(f"{PROG}: {note}", file=sys.stderr)
+        if not await service.invalidate(database or "*", plans, source=SOURCE):
             raise FlushError(f"Redis at {where} failed during the flush{warnings.reason()}")
         for plan in plans:
             print(f"{_what(plan, database, config)}: bumped {' '.join(sorted(plan.bumps))}")
@@ -157,7 +211,7 @@ async def flush(config: Config, database: str, tables: Sequence[str], everything
         await service.close()  # waits for the events to be published
         logging.getLogger().removeHandler(warnings)
     published = service.stats.events_published
-    channel = config.events.channel
+    channel = events_channel(config)
     if published == len(plans):
         print(f"published {published} event{'s' * (published != 1)} on {channel}")
     else:
@@ -165,41 +219,69 @@ async def flush(config: Config, database: str, tables: Sequence[str], everything
         print(missing, file=sys.stderr)
 
 
-def _what(plan: WritePlan, database: str, config: Config) -> str:
-    if plan.bumps == {GLOBAL_EPOCH}:
-        return "flushed every database"
-    upstream = f"upstream {config.upstream.host}:{config.upstream.port}"
+async def _check_matches(
+    backend: RedisBackend, plans: Sequence[WritePlan], database: str | None, config: Config
+) -> None:
+    """Raise FlushError when no plan's counters exist: every read looked up and every
+    write bumped them, so nothing cached (or ever invalidated) depends on them."""
+    try:
+        for plan in plans:
+            if await backend.client.exists(*plan.bumps):
+                return
+    except (RedisError, OSError) as exc:
+        raise FlushError(f"cannot read from Redis ({exc})") from None
+    what = f"database {database}" if database is not None else "any database"
+    if database is not None and plans and not plans[0].whole_database:
+        what = f"table {', '.join(p.table for p in plans)} of {what}"
+    raise FlushError(
+        f"nothing flushed: no server of namespace {namespace(config)} (upstream"
+        f" {config.upstream.host}:{config.upstream.port}) ever cached or invalidated {what}"
+    )
+
+
+def _what(plan: WritePlan, database: str | None, config: Config) -> str:
+    where = f"namespace {namespace(config)}, upstream {config.upstream.host}:{config.upstream.port}"
+    if database is None:
+        return f"flushed every database ({where})"
     if plan.whole_database:
-        return f"flushed database {database} ({upstream})"
+        return f"flushed database {database} ({where})"
     also = sorted(plan.tables - {plan.table})
     reach = f" (and {', '.join(also)})" if also else ""
-    return f"flushed table {plan.table}{reach} of database {database} ({upstream})"
+    return f"flushed table {plan.table}{reach} of database {database} ({where})"
 
 
-def _parser() -> ToolParser:
-    p = tool_parser("cache flush", "Invalidate cached reads, as a committed write would.")
+def add_commands(subparsers: Subcommands) -> None:
+    cache = subparsers.add_parser(
+        "cache", help="act on the cache of running servers", description="The cache."
+    )
+    actions = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = tool_command(
+        actions,
+        "flush",
+        "invalidate cached reads, as a committed write would",
+        "Invalidate cached reads of one database (or some of its tables), or of every"
+        " database, through the path committed writes use; exits 1 when nothing matched.",
+    )
     p.add_argument(
         "--upstream",
         metavar="postgresql://HOST:PORT",
-        help="the server's upstream, exactly as the server is given it (keys depend on it)",
+        help="the server's upstream: picks its namespace when several servers registered in"
+        " the same Redis database (keys are then named as that server registered them)",
     )
     p.add_argument(
         "--table", action="append", default=[], metavar="T", help="flush table T (repeatable)"
     )
-    p.add_argument(
-        "--database",
-        metavar="D",
-        help=f"the database (default: {DEFAULT_DATABASE}); without --table, all of it",
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--database", metavar="D", help="the database; without --table, all of it"
     )
-    p.add_argument("--all", action="store_true", help="flush every database (global epoch)")
-    return p
+    which.add_argument("--all", action="store_true", help="flush every database")
+    p.set_defaults(run=_flush, parser=p)
 
 
-def _flush(argv: Sequence[str]) -> int:
-    parser = _parser()
-    args = parser.parse_args(list(argv))
-    if args.all and (args.table or args.database):
-        parser.error("--all flushes every database: give it without --table or --database")
+def _flush(args: argparse.Namespace) -> int:
+    if args.all and args.table:
+        args.parser.error("--all flushes every database: give it without --table")
     environ = dict(os.environ)
     if args.upstream is not None:
         environ["PGREACTIVE_UPSTREAM"] = args.upstream  # below flags, above the file
@@ -215,25 +297,9 @@ def _flush(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    database = args.database or DEFAULT_DATABASE
     try:
-        asyncio.run(flush(config, database, args.table, args.all))
+        asyncio.run(flush(config, None if args.all else args.database, args.table))
     except FlushError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0
-
-
-_COMMANDS = {"flush": _flush}
-
-
-def main(argv: Sequence[str]) -> int:
-    """``pgreactive cache flush [--table T] [--database D] [--all] [--config FILE] ...``."""
-    if not argv or argv[0] not in _COMMANDS:
-        print(
-            "usage: pgreactive cache flush [--table T] [--database D] [--all]"
-            " [--config FILE] [--redis URL] [--upstream URL]",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    return _COMMANDS[argv[0]](argv[1:])

@@ -9,18 +9,20 @@ certificate can be checked before the SIGHUP that loads it): no Postgres, no Red
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
 
 from proxy.config import ENVIRONMENT, ConfigError, load
 from proxy.tls import contexts
-from proxy.tools import EXIT_CONFIG, ToolParser
+from proxy.tools import EXIT_CONFIG, Subcommands
 
 
-def _parser() -> ToolParser:
-    p = ToolParser(
-        prog="pgreactive check-config",
+def add_commands(subparsers: Subcommands) -> None:
+    p = subparsers.add_parser(
+        "check-config",
+        help="validate a configuration file (exit 0 or 2)",
         description="Check a pgreactive configuration file: unknown keys, wrong types, bad values.",
         epilog=(
             "The PGREACTIVE_* environment variables are applied on top of FILE, as the server "
@@ -29,7 +31,7 @@ def _parser() -> ToolParser:
         ),
     )
     p.add_argument("file", metavar="FILE", help="the YAML configuration file")
-    return p
+    p.set_defaults(run=run)
 
 
 def check(path: str, environ: Mapping[str, str]) -> str | None:
@@ -42,7 +44,7 @@ def check(path: str, environ: Mapping[str, str]) -> str | None:
     except UnicodeDecodeError:
         return "cannot read: not UTF-8 text"
     try:
-        contexts(load(text, environ, {}))
+        contexts(load(text, environ, {}, source=""))  # the caller names the file
     except ConfigError as exc:
         return _blame(str(exc), environ)
     return None
@@ -57,8 +59,7 @@ def _blame(message: str, environ: Mapping[str, str]) -> str:
     return message
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     problem = check(args.file, os.environ)
     if problem is not None:
         print(f"{args.file}: {problem}", file=sys.stderr)

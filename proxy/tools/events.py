@@ -1,9 +1,15 @@
 """``pgreactive events tail``: print the invalidation events, one JSON object per line.
 
-The proxy publishes every event on the Redis channel `events.channel` and appends the
-identical payload, which carries its own stream id as ``eventId``, to the Redis Stream of
-the same name (`cache.store.RedisBackend.publish`).  This tool subscribes to the channel and
-writes each payload unchanged to stdout, one per line, flushed at once so a pipe sees it.
+The proxy publishes every event on the Redis channel ``NAMESPACE:CHANNEL``
+(`proxy.config.events_channel`) and appends the identical payload, which carries its own
+stream id as ``eventId``, to the Redis Stream of the same name
+(`cache.store.RedisBackend.publish`).  This tool subscribes to the channel and writes each
+payload unchanged to stdout, one per line, flushed at once so a pipe sees it.
+
+The namespace is the one the server registered in its Redis database (`cache.registry`):
+the ``--namespace`` given, or the one derived from the tool's own configuration, or the only
+one registered; several registered and none of them meant is an error.  Live events and the
+``--since`` replay come from the same channel and stream name, so they always agree.
 
 ``--since ID`` replays what came after ID from the stream, then follows live.  The order
 closes the race between the two: subscribe first (live events now queue up in the
@@ -19,14 +25,14 @@ event printed, to resume with ``--since``), 2 for a bad flag or configuration.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -37,8 +43,9 @@ from redis.exceptions import RedisError
 
 from cache.backend import parse_stream_id
 from cache.keys import bare
-from proxy.config import Config, ConfigError
-from proxy.tools import EXIT_CONFIG, ToolParser, redacted, tool_config, tool_parser
+from cache.registry import NotRegistered, adopt, channel_note, choose, registrations
+from proxy.config import Config, ConfigError, events_channel
+from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive events tail"
 EXIT_REDIS = 1
@@ -176,11 +183,36 @@ async def _catch_up(client: Redis, channel: str, since: str, printer: Printer) -
         )
 
 
+async def _channel(client: Redis, config: Config, where: str) -> str:
+    """The channel of the server `config` means, as it registered it in Redis; with no
+    registration at all (no server started yet), the one `config` names, said on stderr."""
+    try:
+        registered = await registrations(client)
+    except (RedisError, OSError) as exc:
+        raise RedisFailure(f"cannot reach Redis at {where}: {exc}") from None
+    try:
+        record = choose(config, registered)
+    except NotRegistered as exc:
+        if registered:
+            raise RedisFailure(f"{exc} (Redis at {where})") from None
+    else:
+        config = adopt(config, record)
+        note = channel_note(config, record)
+        if note is not None:
+            print(f"{PROG}: {note}", file=sys.stderr)
+        return events_channel(config)
+    channel = events_channel(config)
+    print(
+        f"{PROG}: no server has registered in Redis at {where} yet; following {channel}",
+        file=sys.stderr,
+    )
+    return channel
+
+
 async def follow(config: Config, since: str | None, keep: EventFilter, out: TextIO) -> None:
     """Subscribe, replay from `since` if given, then print live events until cancelled."""
     assert config.redis_url is not None
     where = redacted(config.redis_url)
-    channel = config.events.channel
     client = Redis.from_url(
         config.redis_url,
         socket_connect_timeout=_CONNECT_TIMEOUT,
@@ -191,6 +223,7 @@ async def follow(config: Config, since: str | None, keep: EventFilter, out: Text
     pubsub: Any = client.pubsub()  # redis-py leaves PubSub partly untyped
     printer = Printer(keep, since, out)
     try:
+        channel = await _channel(client, config, where)
         await _subscribe(pubsub, channel, where)
         try:
             if since is not None:
@@ -224,17 +257,20 @@ async def _run(config: Config, since: str | None, keep: EventFilter) -> int:
     except RedisFailure as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_REDIS
-    except BrokenPipeError:
-        # The reader went away (`... | head`): stop quietly, and keep the interpreter's
-        # final flush of stdout from failing again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    return 0
+    return 0  # (a closed stdout raises BrokenPipeError, which `proxy.cli.main` handles)
 
 
-def _parser() -> ToolParser:
-    p = tool_parser("events tail", "Print pgreactive's invalidation events, one JSON per line.")
+def add_commands(subparsers: Subcommands) -> None:
+    events = subparsers.add_parser(
+        "events", help="follow the invalidation events", description="Invalidation events."
+    )
+    actions = events.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = tool_command(
+        actions,
+        "tail",
+        "print invalidation events, one JSON per line",
+        "Print pgreactive's invalidation events, one JSON per line, as they are published.",
+    )
     p.add_argument(
         "--since",
         metavar="ID",
@@ -254,14 +290,14 @@ def _parser() -> ToolParser:
         metavar="X",
         help="only events whose organizationId is X (repeatable)",
     )
-    return p
+    p.set_defaults(run=_tail, parser=p)
 
 
-def _tail(argv: Sequence[str]) -> int:
-    parser = _parser()
-    args = parser.parse_args(list(argv))
+def _tail(args: argparse.Namespace) -> int:
     if args.since is not None and not _STREAM_ID.fullmatch(args.since):
-        parser.error(f"--since: expected an event id like 1764158400123-0, got {args.since!r}")
+        args.parser.error(
+            f"--since: expected an event id like 1764158400123-0, got {args.since!r}"
+        )
     try:
         config = tool_config(args)
     except ConfigError as exc:
@@ -277,18 +313,3 @@ def _tail(argv: Sequence[str]) -> int:
     keep = EventFilter(frozenset(bare(t) for t in args.table), frozenset(args.org))
     with asyncio.Runner() as runner:
         return runner.run(_run(config, args.since, keep))
-
-
-_COMMANDS = {"tail": _tail}
-
-
-def main(argv: Sequence[str]) -> int:
-    """``pgreactive events tail [--since ID] [--table T] [--org X] [--config FILE] ...``."""
-    if not argv or argv[0] not in _COMMANDS:
-        print(
-            "usage: pgreactive events tail [--since ID] [--table T] [--org X]"
-            " [--config FILE] [--redis URL]",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    return _COMMANDS[argv[0]](argv[1:])

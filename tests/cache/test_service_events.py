@@ -15,7 +15,7 @@ from cache.keys import Namespace
 from cache.memory import MemoryBackend
 from cache.planner import WritePlan
 from cache.service import CacheService
-from proxy.config import load
+from proxy.config import events_channel, load
 from proxy.metrics import Stats
 
 
@@ -33,11 +33,11 @@ async def test_events_are_published_before_invalidate_returns() -> None:
     service = CacheService(config, backend, Stats())
     await service.start()
     try:
-        ns = Namespace.of(service.upstream_id, "app")
+        ns = Namespace.of(service.upstream_id, "app", service.root)
         plan = WritePlan(frozenset({ns.table("agents")}), "agents", frozenset({"agents"}),
                          "UPDATE", None)
         assert await service.invalidate("app", [plan])
-        events = await backend.replay(config.events.channel, "0-0", 10)
+        events = await backend.replay(events_channel(config), "0-0", 10)
         assert events is not None and len(events) == 1
         event = json.loads(events[0][1])
         assert (event["table"], event["operation"], event["database"]) == (

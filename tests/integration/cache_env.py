@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from cache.keys import GLOBAL_EPOCH, Namespace
+from cache.keys import global_epoch
 from tests.conftest import (
     CACHE_REDIS_DB,
     PG_HOST,
     PG_PORT,
     ProxyProcess,
     dsn,
+    key_namespace,
+    proxy_namespace,
     scrape,
     start_caching_proxy,
 )
@@ -119,7 +121,7 @@ def cached(
 
 def _global_epoch() -> bytes | None:
     with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
-        value = client.get(GLOBAL_EPOCH)
+        value = client.get(global_epoch(proxy_namespace()))
         return value if isinstance(value, bytes) else None
 
 
@@ -144,7 +146,7 @@ def admin(sql: str, dbname: str = "test") -> None:
 def forget(db: str) -> None:
     """Delete the database's generation counters and entries from the proxy's Redis db (a
     unique database per run would otherwise leave its counters, which have no TTL)."""
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
+    prefix = key_namespace(db).prefix
     with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:

@@ -306,7 +306,7 @@ def test_volatile_user_function_runs_each_time_and_its_write_invalidates(
     # function's volatility unknown for a moment: either reason is right, never a hit.
     assert len(decided) == 2, decided
     assert set(decided) <= {"bypass:volatile_function", "bypass:unknown_function"}, decided
-    key = 'pgreactive_invalidations_total{reach="database"}'
+    key = f'pgreactive_invalidations_total{{database="{env.db}",reach="database"}}'
     assert after[key] - before.get(key, 0) == 2
     # The cached count must not come back: read until the proxy looks it up again (the
     # first reads bypass while the catalog reloads), the answer is the new count.

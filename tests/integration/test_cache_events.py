@@ -39,6 +39,7 @@ from tests.conftest import (
     PG_PORT,
     ProxyProcess,
     dsn,
+    proxy_namespace,
     scrape,
     start_caching_proxy,
 )
@@ -204,9 +205,9 @@ insert into notes values (1, 'first');
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tag = uuid.uuid4().hex
     db = f"pgr_events_{tag[:10]}"
-    channel = f"pgreactive:test:{tag}"
     config = Path(tmp_path_factory.mktemp("events")) / "pgreactive.yaml"
-    config.write_text(f'events: {{channel: "{channel}"}}\n')
+    config.write_text(f'events: {{channel: "test:{tag}"}}\n')
+    channel = f"{proxy_namespace()}:test:{tag}"  # the namespace prefixes it
     client = redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)

@@ -44,8 +44,7 @@ TIMEOUT = 30.0  # hang guard for a single client call, never a performance asser
 
 HIT = 'pgreactive_cache_queries_total{outcome="hit",reason=""}'
 MISS = 'pgreactive_cache_queries_total{outcome="miss",reason=""}'
-INVALIDATED_TABLES = 'pgreactive_invalidations_total{reach="tables"}'
-INVALIDATED_DATABASE = 'pgreactive_invalidations_total{reach="database"}'
+INVALIDATIONS = "pgreactive_invalidations_total{"  # per database and reach
 FILLS_STORED = 'pgreactive_cache_fills_total{result="stored"}'
 
 
@@ -72,8 +71,7 @@ class Meter:
         return self.deltas().get(name, 0.0)
 
     def invalidations(self) -> float:
-        d = self.deltas()
-        return d.get(INVALIDATED_TABLES, 0.0) + d.get(INVALIDATED_DATABASE, 0.0)
+        return sum(v for k, v in self.deltas().items() if k.startswith(INVALIDATIONS))
 
     def cache(self) -> dict[str, float]:
         """The non-zero deltas of the cache-decision counters (for assertion messages)."""

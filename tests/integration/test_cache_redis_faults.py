@@ -42,19 +42,19 @@ import psycopg
 import pytest
 import redis
 
-from cache.keys import GLOBAL_EPOCH, Namespace, read_generations
+from cache.keys import read_generations
 from tests.conftest import (
     PG_DB,
     PG_HOST,
     PG_PORT,
     ProxyProcess,
     dsn,
+    key_namespace,
     scrape,
     start_caching_proxy,
 )
 
 GUARD = 30.0  # hang guard for one wait or one query
-UPSTREAM_ID = f"{PG_HOST}:{PG_PORT}"  # the proxy's upstream identity in its cache keys
 
 HIT = 'pgreactive_cache_queries_total{outcome="hit",reason=""}'
 AVAILABLE = "pgreactive_cache_available"
@@ -481,7 +481,7 @@ def _entry_still_current(table: str, server: RedisServer, *, but_global_epoch: b
     the counters' current values, i.e. only the epoch bump of the proxy's heal stops it from
     being served.  With `but_global_epoch`, the global epoch is not compared (a heal probe
     sent to a frozen Redis may have been carried out when it woke up)."""
-    ns = Namespace.of(UPSTREAM_ID, PG_DB)
+    ns = key_namespace(PG_DB, server.url)
     gen_keys = read_generations(ns, [table], {})
     with server.client() as c:
         current = [v or b"?" for v in c.mget(gen_keys)]
@@ -493,7 +493,7 @@ def _entry_still_current(table: str, server: RedisServer, *, but_global_epoch: b
             if len(recorded) != len(gen_keys):
                 continue
             if all(
-                r == v or (but_global_epoch and k == GLOBAL_EPOCH)
+                r == v or (but_global_epoch and k == ns.global_epoch)
                 for k, r, v in zip(gen_keys, recorded, current, strict=True)
             ):
                 return True

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -143,3 +145,45 @@ def test_readyz_is_unready_while_the_upstream_is_down() -> None:
         assert _get(proxy, "/healthz")[0] == 200  # alive, just not ready
     finally:
         proxy.stop()
+
+
+def test_a_bearer_token_guards_metrics_and_stats_but_not_the_probes(tmp_path: Path) -> None:
+    token = uuid.uuid4().hex
+    proxy = start_proxy("--metrics", "127.0.0.1:0", env={"PGREACTIVE_METRICS_TOKEN": token})
+    try:
+        assert proxy.metrics_url
+        for path in ("/metrics", "/stats"):
+            assert _get(proxy, path)[0] == 401
+            for wrong in ("Bearer nope", f"Basic {token}", token, "Bearer caf\u00e9"):
+                request = urllib.request.Request(
+                    proxy.metrics_url + path, headers={"Authorization": wrong}
+                )
+                with pytest.raises(urllib.error.HTTPError) as info:
+                    urllib.request.urlopen(request, timeout=10)
+                assert info.value.code == 401
+            request = urllib.request.Request(
+                proxy.metrics_url + path, headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        assert _get(proxy, "/healthz")[0] == 200
+        assert _get(proxy, "/readyz")[0] == 200
+        # The stats tool sends the token of the configuration it is given.
+        config = tmp_path / "pgreactive.yaml"
+        address = proxy.metrics_url.removeprefix("http://")
+        config.write_text(f"metrics: {{listen: '{address}', token: '{token}'}}\n")
+        exe = Path(sys.executable).with_name("pgreactive")
+        done = subprocess.run(
+            [str(exe), "stats", "--config", str(config)], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 and "0 shapes" in done.stdout, done
+    finally:
+        proxy.stop()
+
+
+def test_stats_sort_and_limit_options(caching_proxy: ProxyProcess) -> None:
+    status, body = _get(caching_proxy, "/stats?sort=name&limit=0")
+    assert status == 200 and json.loads(body)["shapes"] == []
+    assert _get(caching_proxy, "/stats?sort=size")[0] == 400
+    assert _get(caching_proxy, "/stats?limit=-1")[0] == 400

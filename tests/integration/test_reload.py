@@ -26,12 +26,10 @@ import pytest
 import redis
 import yaml
 
-from cache.keys import Namespace
 from tests.conftest import (
     CACHE_REDIS_DB,
-    PG_HOST,
-    PG_PORT,
     ProxyProcess,
+    key_namespace,
     start_proxy,
 )
 from tests.integration.cache_env import Conn, Env, cached, module_env
@@ -82,7 +80,7 @@ def _sighup(proxy: ProxyProcess, marker: str) -> str:
 
 
 def _entry_keys(db: str) -> set[bytes]:
-    prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", db).prefix
+    prefix = key_namespace(db).prefix
     with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
         return set(client.scan_iter(match=prefix + "e:*", count=1000))
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import redis
 
-from cache.keys import GLOBAL_EPOCH, Namespace
+from cache.keys import global_epoch
 from proxy.tools.events import EventFilter, newer
 from tests.conftest import (
     CACHE_REDIS_DB,
@@ -40,6 +40,8 @@ from tests.conftest import (
     PG_PORT,
     PG_USER,
     ProxyProcess,
+    key_namespace,
+    proxy_namespace,
     start_caching_proxy,
 )
 from tests.integration.cache_env import (
@@ -195,9 +197,9 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tag = uuid.uuid4().hex
     db = f"pgr_tools_{tag[:10]}"
-    channel = f"pgreactive:test:{tag}"
     config = tmp_path_factory.mktemp("tools") / "pgreactive.yaml"
-    config.write_text(f'events: {{channel: "{channel}"}}\n')
+    config.write_text(f'events: {{channel: "test:{tag}"}}\n')
+    channel = f"{proxy_namespace()}:test:{tag}"  # the namespace prefixes it
     client = redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB)
     proxy: ProxyProcess | None = None
     admin(f"create database {db}")
@@ -335,9 +337,10 @@ def test_tail_since_replays_then_follows_live(env: Env) -> None:
 
 
 def test_tail_since_says_when_the_stream_was_trimmed_past_it(tmp_path: Path) -> None:
-    channel = f"pgreactive:test:{uuid.uuid4().hex}"
+    tag = uuid.uuid4().hex
     config = tmp_path / "pgreactive.yaml"
-    config.write_text(f'events: {{channel: "{channel}"}}\n')
+    config.write_text(f'events: {{channel: "test:{tag}"}}\n')
+    channel = f"{proxy_namespace()}:test:{tag}"
     with redis.Redis(host="127.0.0.1", port=6379, db=CACHE_REDIS_DB) as client:
         try:
             for n in (1, 2, 3):
@@ -413,7 +416,7 @@ def test_cache_flush_table_makes_the_next_read_of_it_a_miss(env: Env) -> None:
             admin(f"update agents set name = '{value}' where id = 2", env.db)  # no invalidation
             assert cached(env.proxy, conn, AGENT) == old  # so this came from the cache
             out = flush(env.config, "--table", "agents", "--database", env.db)
-            prefix = Namespace.of(f"{PG_HOST}:{PG_PORT}", env.db).prefix
+            prefix = key_namespace(env.db).prefix
             assert f"{prefix}g:agents" in out.split(), out
             assert f"{prefix}g:agents#organization_id:-" in out.split(), out
             fresh, decided = read(env.proxy, conn, AGENT)
@@ -484,20 +487,91 @@ def test_cache_flush_database_reaches_every_table(env: Env) -> None:
 
 def test_cache_flush_all_bumps_the_global_epoch(env: Env, tmp_path: Path) -> None:
     config = tmp_path / "pgreactive.yaml"
-    config.write_text(f'events: {{channel: "pgreactive:test:{uuid.uuid4().hex}"}}\n')
+    config.write_text(f'events: {{channel: "test:{uuid.uuid4().hex}"}}\n')
     with throwaway_redis() as url:
+        epoch_key = global_epoch(proxy_namespace(url))
         proxy = caching_proxy(url, "--config", str(config))
         try:
             with connect(proxy.dsn(dbname=env.db)) as conn:
                 cached(proxy, conn, NOTE)
                 with redis.Redis.from_url(url) as client:
-                    epoch: Any = client.get(GLOBAL_EPOCH)
+                    epoch: Any = client.get(epoch_key)
                     out = flush(config, "--all", redis_url=url)
-                    assert out.startswith("flushed every database: bumped pgr:epoch\n"), out
-                    assert int(client.get(GLOBAL_EPOCH) or 0) > int(epoch or 0)
+                    assert out.startswith("flushed every database ("), out
+                    assert f": bumped {epoch_key}\n" in out, out
+                    assert int(client.get(epoch_key) or 0) > int(epoch or 0)
                 assert read(proxy, conn, NOTE)[1] == ["miss"]
         finally:
             proxy.stop()
+
+
+def _fails_in_one_line(result: Any) -> str:
+    assert result.returncode == 1 and result.stdout == "", (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    return str(lines[0])
+
+
+def test_cache_flush_of_a_database_nothing_went_to_fails(env: Env) -> None:
+    """The issue's case: a flush of a database the server never cached said it worked."""
+    other = f"pgr_never_{uuid.uuid4().hex[:10]}"
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--database", other, config=env.config)
+    )
+    assert line.startswith("pgreactive cache flush: nothing flushed: no server of namespace ")
+    assert line.endswith(f"ever cached or invalidated database {other}"), line
+
+
+def test_cache_flush_of_a_table_the_catalog_lacks_fails(env: Env) -> None:
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--database", env.db, "--table", "nosuch", config=env.config)
+    )
+    assert line == (
+        f"pgreactive cache flush: nothing flushed: database {env.db} has no relation nosuch"
+    )
+
+
+def test_cache_flush_of_a_namespace_nobody_registered_fails(env: Env) -> None:
+    line = _fails_in_one_line(
+        run_tool("cache", "flush", "--namespace", "nobody", "--all", config=env.config)
+    )
+    assert "no pgreactive server registered namespace nobody" in line, line
+
+
+def test_cache_flush_with_another_spelling_of_the_upstream_flushes_the_server(
+    tmp_path: Path,
+) -> None:
+    """The issue's case: `--upstream` spelled `localhost` where the server has 127.0.0.1
+    flushed nothing and exited 0.  Now the tool names keys as the server registered them."""
+    assert PG_HOST == "127.0.0.1", "the test spells the same server differently"
+    config = tmp_path / "pgreactive.yaml"
+    config.write_text(f'events: {{channel: "test:{uuid.uuid4().hex}"}}\n')
+    db = f"pgr_spell_{uuid.uuid4().hex[:10]}"
+    admin(f"create database {db}")
+    try:
+        admin(SCHEMA, db)
+        with throwaway_redis() as url:
+            proxy = caching_proxy(url, "--config", str(config))
+            try:
+                with connect(proxy.dsn(dbname=db)) as conn:
+                    old = cached(proxy, conn, NOTE)
+                    admin("update notes set body = 'changed' where id = 1", db)
+                    assert cached(proxy, conn, NOTE) == old
+                    result = subprocess.run(
+                        [PGREACTIVE, "cache", "flush", "--config", str(config), "--redis", url,
+                         "--upstream", f"postgresql://localhost:{PG_PORT}", "--database", db],
+                        capture_output=True, text=True, timeout=60, env=TOOL_ENV,
+                    )  # fmt: skip
+                    assert result.returncode == 0, (result.stdout, result.stderr)
+                    assert f"upstream {PG_HOST}:{PG_PORT}" in result.stdout, result.stdout
+                    fresh, decided = read(proxy, conn, NOTE)
+                    assert decided in (["miss"], ["bypass:catalog_unknown"]), decided
+                    assert fresh[2] == ((b"changed",),)
+            finally:
+                proxy.stop()
+    finally:
+        admin(f"drop database if exists {db} with (force)")
 
 
 # --- failures ------------------------------------------------------------------------------
@@ -505,7 +579,7 @@ def test_cache_flush_all_bumps_the_global_epoch(env: Env, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "argv",
-    [["events", "tail"], ["cache", "flush", "--table", "agents"]],
+    [["events", "tail"], ["cache", "flush", "--database", "x", "--table", "agents"]],
     ids=["tail", "flush"],
 )
 def test_unreachable_redis_exits_1_with_one_line(argv: list[str]) -> None:
@@ -517,7 +591,7 @@ def test_unreachable_redis_exits_1_with_one_line(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["events", "tail"], ["cache", "flush"]], ids=["tail", "flush"]
+    "argv", [["events", "tail"], ["cache", "flush", "--all"]], ids=["tail", "flush"]
 )
 def test_no_redis_configured_exits_1_and_says_why(argv: list[str]) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PGREACTIVE_")}

@@ -7,11 +7,21 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.cli import JsonFormatter
-from proxy.config import Address, Config, ConfigError, load, plan_reload
+from proxy.config import (
+    Address,
+    Config,
+    ConfigError,
+    events_channel,
+    load,
+    namespace,
+    plan_reload,
+    redis_database,
+)
 from proxy.tools.check_config import check
 
 # (config.example.yaml is checked against the schema in test_config_example.py.)
@@ -143,7 +153,8 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("events: {stream_maxlen: 0}", "events.stream_maxlen", id="stream-0"),
         pytest.param("events: {requires_ack: 1}", "events.requires_ack", id="ack-number"),
         pytest.param("metrics: '127.0.0.1:9187'", "metrics", id="metrics-string"),
-        pytest.param("metrics: {listen: 9187}", "metrics.listen", id="metrics-port-only"),
+        pytest.param("metrics: {listen: 70000}", "metrics.listen", id="metrics-port-big"),
+        pytest.param("metrics: {token: 5}", "metrics.token", id="metrics-token-number"),
         pytest.param("log: {level: 3}", "log.level", id="log-level-number"),
         pytest.param("cache: {default_ttl: 5}\ncache: {enabled: true}", "cache", id="twice"),
         pytest.param("cache:\n  ttl: {a: 1, a: 2}\n", "a", id="twice-nested"),
@@ -371,3 +382,71 @@ def test_check_blames_an_environment_variable(tmp_path: Path) -> None:
     assert problem is not None and problem.startswith("listen:")
     assert problem.endswith("(from PGREACTIVE_LISTEN)")
     assert check(str(tmp_path / "missing.yaml"), {}) == "cannot read: No such file or directory"
+
+
+# --- namespace ---------------------------------------------------------------------------
+
+
+def _ns(**overrides: Any) -> str:
+    return namespace(load(None, {}, overrides))
+
+
+def test_the_derived_namespace_differs_per_redis_database_and_upstream() -> None:
+    base = _ns(**{"redis.url": "redis://r:6379/7"})
+    assert base.startswith("pgr-")
+    assert base == _ns(**{"redis.url": "redis://other:6379/7"})  # the number, not the host
+    assert base != _ns(**{"redis.url": "redis://r:6379/12"})  # pub/sub ignores the number
+    assert base != _ns(**{"redis.url": "redis://r:6379/7", "upstream.url": "postgresql://db:5432"})
+    assert _ns(**{"redis.url": "redis://r:6379/7", "namespace": "app"}) == "app"
+
+
+@pytest.mark.parametrize(
+    ("url", "db"),
+    [
+        (None, 0),
+        ("redis://r:6379", 0),
+        ("redis://r:6379/", 0),
+        ("redis://r:6379/5", 5),
+        ("rediss://u:p@r:6379/11", 11),
+        ("redis://r:6379?db=3", 3),
+        ("unix:///run/redis.sock?db=4", 4),
+        ("unix:///run/redis.sock", 0),
+    ],
+)
+def test_redis_database(url: str | None, db: int) -> None:
+    assert redis_database(url) == db
+
+
+def test_events_go_to_the_namespaced_channel() -> None:
+    config = load(None, {"PGREACTIVE_NAMESPACE": "app"}, {"events.channel": "inv"})
+    assert events_channel(config) == "app:inv"
+
+
+@pytest.mark.parametrize("bad", ["a b", "{tag}", "-x", "ns*"])
+def test_a_namespace_with_other_characters_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"^namespace: expected letters"):
+        load(None, {}, {"namespace": bad})
+
+
+@pytest.mark.parametrize("listen", ["9187", 9187])
+def test_a_bare_metrics_port_binds_this_host_only(listen: object) -> None:
+    config = load(None, {}, {"metrics.listen": listen})
+    assert config.metrics == Address("127.0.0.1", 9187)
+
+
+def test_invalid_yaml_names_the_file_the_line_and_the_reason(tmp_path: Path) -> None:
+    from proxy.cli import config_from_args
+
+    path = tmp_path / "server.yaml"
+    path.write_text("cache:\n  ttl: {a: 1\nlisten: x\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_args(["--config", str(path)], {})
+    assert str(info.value) == (
+        f"{path}: invalid YAML at line 3, column 7: while parsing a flow mapping,"
+        " expected ',' or '}', but got ':'"
+    )
+    # check-config prints the file name itself, once.
+    assert check(str(path), {}) == (
+        "invalid YAML at line 3, column 7: while parsing a flow mapping,"
+        " expected ',' or '}', but got ':'"
+    )

@@ -34,6 +34,7 @@ def test_counters_of_one_shape() -> None:
     assert stats.snapshot() == [
         {
             "name": "agents.getAll",
+            "database": "",
             "sql": "select * from agents",
             "calls": 6,
             "hits": 2,
@@ -58,11 +59,49 @@ def test_latency_of_an_unknown_shape_is_dropped() -> None:
     assert len(stats) == 0 and "gone" not in stats
 
 
-def test_the_first_sql_seen_is_kept() -> None:
+def test_the_first_sql_seen_is_kept_without_its_values() -> None:
     stats = ShapeStats()
-    stats.miss("3fa1c2d4e5f60718", "select  *\n  from t where id = 1")
-    stats.hit("3fa1c2d4e5f60718", "select * from t where id = 2", 0.001)
-    assert by_name(stats)["3fa1c2d4e5f60718"]["sql"] == "select * from t where id = 1"
+    stats.miss("3fa1c2d4e5f60718", "select  *\n  from t where id = 1 and n = 'x' /* y */")
+    stats.hit("3fa1c2d4e5f60718", "select * from t where id = 2 and n = 'z'", 0.001)
+    assert by_name(stats)["3fa1c2d4e5f60718"]["sql"] == "select * from t where id = $1 and n = $2"
+
+
+def test_shapes_are_counted_per_database() -> None:
+    stats = ShapeStats()
+    stats.miss("q", "select 1", "app")
+    stats.hit("q", "select 1", 0.001, "app")
+    stats.bypassed("q", "select 1", "in_transaction", "billing")
+    stats.miss_latency("q", 0.001, "other")  # no such shape there: dropped
+    assert [(s["database"], s["calls"], s["mean_latency_ms"]) for s in stats.snapshot()] == [
+        ("app", 2, 1.0),
+        ("billing", 1, None),
+    ]
+    assert ("app", "q") in stats and "q" in stats and ("other", "q") not in stats
+
+
+@pytest.mark.parametrize(
+    ("sort", "expected"),
+    [
+        ("calls", ["c", "a", "b"]),
+        ("hits", ["c", "a", "b"]),
+        ("misses", ["a", "b", "c"]),
+        ("bypass", ["b", "a", "c"]),
+        ("latency", ["c", "a", "b"]),
+        ("name", ["a", "b", "c"]),
+    ],
+)
+def test_snapshot_sort_and_limit(sort: str, expected: list[str]) -> None:
+    stats = ShapeStats()
+    for _ in range(3):
+        stats.miss("a", "select 1")
+    stats.bypassed("b", "select 1", "in_transaction")
+    stats.miss("b", "select 1")
+    for _ in range(4):
+        stats.hit("c", "select 1", 0.002)
+    stats.miss_latency("a", 0.001)
+    assert [s["name"] for s in stats.snapshot(sort)] == expected
+    assert [s["name"] for s in stats.snapshot(sort, 2)] == expected[:2]
+    assert stats.document(sort, 1)["total"] == 3
 
 
 @pytest.mark.parametrize(
@@ -85,7 +124,7 @@ def test_snapshot_is_sorted_by_calls_then_name() -> None:
         for _ in range(calls):
             stats.bypassed(name, "select 1", "in_transaction")
     assert [s["name"] for s in stats.snapshot()] == ["a", "c", "d", "b"]
-    assert stats.document() == {"shapes": stats.snapshot(), "bound": BOUND}
+    assert stats.document() == {"shapes": stats.snapshot(), "bound": BOUND, "total": 4}
 
 
 def test_the_registry_never_holds_more_than_its_bound() -> None:
@@ -106,8 +145,8 @@ def test_the_least_recently_seen_tenth_goes_first() -> None:
     stats.miss("new", "select 1")  # full: drops the 2 least recently seen, s2 and s3
     names = {str(s["name"]) for s in stats.snapshot()}
     assert names == {"new", "s0", "s1", *(f"s{i}" for i in range(4, 20))}
-    stats.miss("s2", "select 2")  # a dropped shape comes back from zero
-    assert by_name(stats)["s2"]["misses"] == 1 and by_name(stats)["s2"]["sql"] == "select 2"
+    stats.miss("s2", "select x")  # a dropped shape comes back from zero
+    assert by_name(stats)["s2"]["misses"] == 1 and by_name(stats)["s2"]["sql"] == "select x"
     assert len(stats) == 20
 
 
