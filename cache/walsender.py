@@ -81,6 +81,10 @@ class WalSender(PgClient):
                 self._abort()
                 raise PgError("08P01", f"unexpected message {chr(tag)!r} in a replication stream")
 
+    def abort(self) -> None:
+        """Close the connection at once (the reader of the stream then sees it closed)."""
+        self._abort()
+
     def send_copy(self, payload: bytes) -> None:
         """Queue one CopyData (a standby status update) for the server."""
         if not self.closed:
