@@ -57,14 +57,19 @@ def logical_cluster() -> Iterator[Cluster]:
 
 
 def replicating_proxy(
-    cluster: Cluster, redis_url: str, database: str = "postgres", failover: float = 1.0
+    cluster: Cluster,
+    redis_url: str,
+    database: str = "postgres",
+    failover: float = 1.0,
+    slot: str = "pgreactive",
 ) -> ProxyProcess:
     """A caching proxy in front of `cluster` on `redis_url`, following `database`'s stream
     (catalog and replication user ``postgres``, a superuser)."""
     fd, path = tempfile.mkstemp(prefix="pgr-repl-", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(
-            f"replication: {{enabled: true, database: {database}, failover_seconds: {failover}}}\n"
+            f"replication: {{enabled: true, database: {database}, failover_seconds: {failover},"
+            f" slot: {slot}, publication: {slot}}}\n"
             "catalog: {user: postgres}\n"
         )
     try:
