@@ -495,7 +495,12 @@ class CacheService:
     async def _send(self, fields: dict[str, object], once: tuple[str, str] | None = None) -> None:
         events = self.config.events
         payload = event_template(fields)
-        event_id = await self.backend.publish(events.channel, payload, events.stream_maxlen, once)
+        if once is None:
+            event_id = await self.backend.publish(events.channel, payload, events.stream_maxlen)
+        else:
+            event_id = await self.backend.publish(
+                events.channel, payload, events.stream_maxlen, once
+            )
         if event_id:
             self.stats.events_published += 1
             if self.config.redis_url is None:  # in-process only: make events visible

@@ -130,13 +130,16 @@ def _value(conn: psycopg.Connection[Any], sql: str) -> str | None:
     return None if row is None else row[0]
 
 
-def warm(proxy: ProxyProcess, conn: psycopg.Connection[Any], sql: str) -> str | None:
-    """Read `sql` through the proxy until a read of it is a hit; return the value."""
+def warm(
+    proxy: ProxyProcess, conn: psycopg.Connection[Any], sql: str, expected: object = None
+) -> str | None:
+    """Read `sql` through the proxy until a read of it is a hit (of `expected`, when given:
+    a direct write just before may still be on its way); return the value."""
     deadline = time.monotonic() + GUARD
     while True:
         before = scrape(proxy)
         value = _value(conn, sql)
-        if decisions(before, scrape(proxy)) == ["hit"]:
+        if decisions(before, scrape(proxy)) == ["hit"] and expected in (None, value):
             return value
         assert time.monotonic() < deadline, f"{sql!r} never hit"
 
@@ -149,7 +152,7 @@ def visible_after(
         if kind.prepare:
             admin.execute(kind.prepare.format(i=i))
         expected_before = _value(admin, kind.read)
-        assert warm(proxy, conn, kind.read) == expected_before
+        assert warm(proxy, conn, kind.read, expected_before) == expected_before
         admin.execute(kind.write.format(i=i))
         committed = time.monotonic()
     expected = kind.after.format(i=i, i1=i + 1000000)
