@@ -222,8 +222,13 @@ class Backend(Protocol):
         for ``ttl_ms``; False when it could not be done (as a failed bump)."""
         ...
 
-    async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
-        """Append to stream ``channel`` and publish; returns the event id, None on failure."""
+    async def publish(
+        self, channel: str, payload: str, stream_maxlen: int, once: tuple[str, str] | None = None
+    ) -> str | None:
+        """Append to stream ``channel`` and publish; returns the event id, None on failure.
+
+        With ``once = (key, position)``: only if ``position`` (fixed-width text) is past the
+        one last published under ``key``, atomically with storing it; else returns ``""``."""
         ...
 
     async def replay(self, channel: str, after_id: str, count: int) -> list[tuple[str, str]] | None:

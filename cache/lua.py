@@ -128,7 +128,18 @@ return 1
 )
 
 PUBLISH = r"""
--- KEYS = {stream_key_and_channel}; ARGV = {payload_template, maxlen, placeholder}.
+-- KEYS = {stream_key_and_channel [, position_key]};
+-- ARGV = {payload_template, maxlen, placeholder [, position]}.
+-- With a position key: publish only a position past the one stored there (fixed-width,
+-- so compared as strings), and store it; a position already published returns ''.  This
+-- makes a replayed replication transaction publish nothing the second time.
+if #KEYS > 1 then
+  local last = redis.call('GET', KEYS[2])
+  if last and last >= ARGV[4] then
+    return ''
+  end
+  redis.call('SET', KEYS[2], ARGV[4])
+end
 -- Choose the entry id first (what XADD '*' would choose: TIME in ms, or the stream's last
 -- generated id + 1 when the clock has not moved past it), put it into the payload in place of
 -- the placeholder, then store and publish the *same* bytes.  Returns the id.

@@ -66,6 +66,7 @@ class MemoryBackend(BackendCounters):
         self._bytes = 0
         self._streams: dict[str, deque[tuple[str, str]]] = {}
         self._last_ids: dict[str, tuple[int, int]] = {}
+        self._positions: dict[str, str] = {}  # `publish(once=...)`: last position per key
         self._subscribers: dict[str, list[asyncio.Queue[str]]] = {}
         self._prepared: dict[str, list[str]] = {}
         self._inflight: dict[str, dict[str, float]] = {}  # counter → token → expiry
@@ -224,8 +225,15 @@ class MemoryBackend(BackendCounters):
         self._last_ids[channel] = (ms, seq)
         return f"{ms}-{seq}"
 
-    async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
+    async def publish(
+        self, channel: str, payload: str, stream_maxlen: int, once: tuple[str, str] | None = None
+    ) -> str | None:
         check_template(payload)
+        if once is not None:
+            key, position = once
+            if self._positions.get(key, "") >= position:
+                return ""
+            self._positions[key] = position
         event_id = self._next_id(channel)
         final = payload.replace(EVENT_ID, event_id, 1)
         stream = self._streams.setdefault(channel, deque())

@@ -40,6 +40,7 @@ class Bypass(StrEnum):
     PARAMETERS = "parameters"  # a scope value bound in binary format, ...
     ROW_LIMIT = "row_limit"  # Execute with max_rows > 0
     REQUEST_SHAPE = "request_shape"  # a pipeline mixing cacheable and other requests
+    REPLICATION_BEHIND = "replication_behind"  # the stream's reader may be behind (fence)
 
 
 class CatalogView(Protocol):

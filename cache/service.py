@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analyzer import AnalyzerOptions, StatementAnalysis, analyze
 from cache import entry
@@ -40,11 +40,16 @@ from cache.backend import Backend, Lookup, event_template
 from cache.catalog import Catalog, CatalogCache, load_catalog
 from cache.keys import Namespace
 from cache.pgclient import PgClient
+from cache.pgoutput import format_lsn, unix_seconds
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
 from proxy.config import Config, events_channel, namespace
 from proxy.metrics import Latency, Stats
 from proxy.shapes import ShapeStats
 from proxy.tls import UpstreamTLS
+
+if TYPE_CHECKING:
+    from cache.changes import Transaction
+    from cache.replication import Replication
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -137,11 +142,28 @@ class CacheService:
         self._plans: dict[tuple[int, tuple[str | None, ...]], _PlanMemo] = {}
         self._marks = 0
         self._mark_prefix = uuid.uuid4().hex[:12]  # tokens unique across instances
+        # Set by `cache.replication` once it knows the stream can be read (wal_level is
+        # logical): from then on events come from the stream only.
+        self.replication_events = False
+        self.replication: Replication | None = None
+        if config.replication.enabled and config.cache.enabled:
+            from cache.replication import Replication
+
+            self.replication = Replication(self)
 
     async def start(self) -> None:
         await self.backend.start()
+        if self.replication is not None:
+            self.replication.start()
+
+    def fresh(self, database: str) -> bool:
+        """False while the replication stream of `database` may be behind by more than its
+        fence (docs/replication.md): reads then go upstream, neither hit nor fill."""
+        return self.replication is None or self.replication.fresh(database)
 
     async def close(self) -> None:
+        if self.replication is not None:
+            await self.replication.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2)
         if self.catalogs is not None:
@@ -383,9 +405,13 @@ class CacheService:
         *,
         source: str = "proxy",
         marked: Marked = Marked(),
+        transaction: Transaction | None = None,
     ) -> bool:
         """Bump what `plans` invalidate and what `marked` marked, ending those marks, then
-        publish one event per written table.
+        publish one event per written table — or, for a `transaction` read from the
+        replication stream, one event for the transaction (published once per commit LSN).
+        Once the stream is followed, writes seen by the proxy publish nothing: the stream
+        announces them.
 
         Returns False when the bump failed: the backend is then unavailable and heals by
         bumping the global epoch before it serves anything again (invariant 5).
@@ -415,42 +441,72 @@ class CacheService:
             return False
         # The events go out after the bump and before the writer learns of its commit, so a
         # writer (or anyone it tells) that then waits for its event finds it published.
-        await self._publish(database, plans, source)
+        if transaction is not None:
+            await self._publish_transaction(database, plans, transaction)
+        elif not self.replication_events:
+            await self._publish(database, plans, source)
         return True
 
     async def _publish(self, database: str, plans: Sequence[WritePlan], source: str) -> None:
-        events = self.config.events
         groups: dict[str, list[WritePlan]] = {}
         for plan in plans:
             groups.setdefault(plan.table, []).append(plan)
         for table, group in groups.items():
-            tables = sorted(set().union(*(p.tables for p in group)) | {table})
-            scopes = {p.scope for p in group}
-            affected: dict[str, None] = {}
-            for name in tables:
-                affected.update(self._shapes.get((database, name), {}))
-            payload = event_template(
-                {
-                    "type": "invalidation",
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace(
-                        "+00:00", "Z"
-                    ),
-                    "table": table,
-                    "tables": tables,
-                    "operation": group[0].operation,
-                    "organizationId": scopes.pop() if len(scopes) == 1 else None,
-                    "affectedQueries": list(affected),
-                    "requiresAck": events.requires_ack,
-                    "source": self.source if source == "proxy" else source,
-                    "database": database,
-                }
+            fields = self._event(
+                database, table, group, self.source if source == "proxy" else source
             )
-            channel = events_channel(self.config)
+            await self._send(fields)
+
+    async def _publish_transaction(
+        self, database: str, plans: Sequence[WritePlan], txn: Transaction
+    ) -> None:
+        """One event for a replicated transaction, published once per commit LSN (a
+        transaction replayed after a crash or a failover is not announced twice)."""
+        if not plans:
+            return
+        fields = self._event(database, plans[0].table, plans, "replication")
+        fields["operation"] = "DDL" if txn.ddl else plans[0].operation.split(",")[0]
+        fields["operations"] = list(dict.fromkeys(
+            op for p in plans for op in p.operation.split(",")))  # fmt: skip
+        fields["lsn"] = format_lsn(txn.commit_lsn)
+        if txn.commit_time:
+            fields["commitTs"] = _iso(datetime.fromtimestamp(unix_seconds(txn.commit_time), UTC))
+        ns = self.context(database).namespace
+        await self._send(fields, (ns.prefix + "repl:published", f"{txn.end_lsn:016X}"))
+
+    def _event(
+        self, database: str, table: str, plans: Sequence[WritePlan], source: str
+    ) -> dict[str, object]:
+        tables = sorted(set().union(*(p.tables for p in plans)) | {table})
+        scopes = {p.scope for p in plans}
+        affected: dict[str, None] = {}
+        for name in tables:
+            affected.update(self._shapes.get((database, name), {}))
+        return {
+            "type": "invalidation",
+            "ts": _iso(datetime.now(UTC)),
+            "table": table,
+            "tables": tables,
+            "operation": plans[0].operation,
+            "organizationId": scopes.pop() if len(scopes) == 1 else None,
+            "affectedQueries": list(affected),
+            "requiresAck": self.config.events.requires_ack,
+            "source": source,
+            "database": database,
+        }
+
+    async def _send(self, fields: dict[str, object], once: tuple[str, str] | None = None) -> None:
+        events = self.config.events
+        payload = event_template(fields)
+        channel = events_channel(self.config)
+        if once is None:
             event_id = await self.backend.publish(channel, payload, events.stream_maxlen)
-            if event_id:
-                self.stats.events_published += 1
-                if self.config.redis_url is None:  # in-process only: make events visible
-                    log.info("event %s on %s: table %s", event_id, channel, table)
+        else:
+            event_id = await self.backend.publish(channel, payload, events.stream_maxlen, once)
+        if event_id:
+            self.stats.events_published += 1
+            if self.config.redis_url is None:  # in-process only: make events visible
+                log.info("event %s on %s: table %s", event_id, channel, fields["table"])
 
     async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:
         """PREPARE TRANSACTION: keep its invalidations for COMMIT PREPARED, from anywhere."""
@@ -480,3 +536,7 @@ class CacheService:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

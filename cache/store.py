@@ -417,25 +417,29 @@ class RedisBackend(BackendCounters):
 
     # --- events ---------------------------------------------------------------------------
 
-    async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
+    async def publish(
+        self, channel: str, payload: str, stream_maxlen: int, once: tuple[str, str] | None = None
+    ) -> str | None:
         check_template(payload)
+        keys = [channel, once[0]] if once else [channel]
+        args: list[str | int] = [payload, int(stream_maxlen), EVENT_ID]
+        if once:
+            args.append(once[1])
         fast = self._fast
         if fast is not None and self._available:
             # The writer waits for this (its ReadyForQuery follows the events): one round
             # trip on the pipelined connection, under the lookups' short timeout.
             reply = await self._fast_script(
-                fast, self._publish, lua.PUBLISH, 1, channel, payload, int(stream_maxlen),
-                EVENT_ID,
+                fast, self._publish, lua.PUBLISH, len(keys), *keys, *args
             )
         else:
             reply = await self._call(
-                lambda: self._publish(
-                    keys=[channel], args=[payload, int(stream_maxlen), EVENT_ID]
-                ),
-                trip_on_reply_error=False,
+                lambda: self._publish(keys=keys, args=args), trip_on_reply_error=False
             )
         if isinstance(reply, _Failed):
             return None
+        if reply in (b"", ""):
+            return ""  # that position was published before
         self.published += 1
         return reply.decode("ascii") if isinstance(reply, bytes) else str(reply)
 

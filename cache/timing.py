@@ -89,10 +89,12 @@ class TimedBackend:
         finally:
             self._mark(time.perf_counter() - started)
 
-    async def publish(self, channel: str, payload: str, stream_maxlen: int) -> str | None:
+    async def publish(
+        self, channel: str, payload: str, stream_maxlen: int, once: tuple[str, str] | None = None
+    ) -> str | None:
         started = time.perf_counter()
         try:
-            return await self.inner.publish(channel, payload, stream_maxlen)
+            return await self.inner.publish(channel, payload, stream_maxlen, once)
         finally:
             self._publish(time.perf_counter() - started)
 

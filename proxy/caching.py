@@ -1087,6 +1087,8 @@ class SessionCache:
             return Bypass.SESSION_STATE_UNKNOWN
         if self.temporary or session.parameters.get("client_encoding", "UTF8") != "UTF8":
             return Bypass.SESSION_STATE
+        if not self.service.fresh(session.database):
+            return Bypass.REPLICATION_BEHIND
         return None
 
     def _context(self) -> DatabaseContext:

@@ -111,6 +111,19 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """Invalidation from Postgres's logical replication stream (docs/replication.md)."""
+
+    enabled: bool = False
+    database: str = ""  # the database whose writes are followed (required when enabled)
+    slot: str = "pgreactive"
+    publication: str = "pgreactive"
+    tables: tuple[str, ...] = ()  # publication created for these tables; empty: ALL TABLES
+    create_if_missing: bool = True
+    failover_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Protocol limits, hostile-client limits and shutdown behaviour."""
 
@@ -134,6 +147,7 @@ class Config:
     relations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     catalog: CatalogConfig = CatalogConfig()
     events: EventsConfig = EventsConfig()
+    replication: ReplicationConfig = ReplicationConfig()
     metrics: Address | None = None
     metrics_token: str = ""  # when set, /metrics and /stats require it as a bearer token
     log_level: str = "INFO"
@@ -274,6 +288,7 @@ def build(raw: Mapping[str, Any]) -> Config:
         "relations": _relations,
         "catalog": _catalog,
         "events": _events,
+        "replication": _replication,
         "metrics": _metrics,
         "log": _log,
         "limits": _limits,
@@ -291,7 +306,12 @@ def build(raw: Mapping[str, Any]) -> Config:
                 values["metrics"], values["metrics_token"] = result
             else:
                 values[key] = result
-    return Config(**values)
+    config = Config(**values)
+    if config.replication.enabled and not config.catalog.user:
+        raise ConfigError(
+            "replication.enabled: needs catalog.user (a role with the REPLICATION attribute)"
+        )
+    return config
 
 
 def _no_unknown(prefix: str, raw: Mapping[str, Any], known: Mapping[str, Any]) -> None:
@@ -602,6 +622,44 @@ def _events(value: Any) -> EventsConfig:
         requires_ack=_bool("events.requires_ack", raw.get("requires_ack", d.requires_ack)),
         source=_str("events.source", raw.get("source", d.source)),
     )
+
+
+def _replication(value: Any) -> ReplicationConfig:
+    raw = _mapping("replication", value)
+    keys = ("enabled", "database", "slot", "publication", "tables", "create_if_missing",
+            "failover_seconds")
+    _no_unknown("replication.", raw, dict.fromkeys(keys))
+    d = ReplicationConfig()
+    config = ReplicationConfig(
+        enabled=_bool("replication.enabled", raw.get("enabled", d.enabled)),
+        database=_str("replication.database", _optional(raw, "database", d.database)),
+        slot=_identifier("replication.slot", raw.get("slot", d.slot)),
+        publication=_identifier("replication.publication", raw.get("publication", d.publication)),
+        tables=tuple(
+            _table("replication.tables", t)
+            for t in _str_list("replication.tables", _optional(raw, "tables", []))
+        ),
+        create_if_missing=_bool(
+            "replication.create_if_missing", raw.get("create_if_missing", d.create_if_missing)
+        ),
+        failover_seconds=_float(
+            "replication.failover_seconds",
+            raw.get("failover_seconds", d.failover_seconds),
+            positive=True,
+        ),
+    )
+    if config.enabled and not config.database:
+        raise ConfigError("replication.database: required when replication.enabled is true")
+    return config
+
+
+def _identifier(key: str, value: Any) -> str:
+    """A slot or publication name: lower-case letters, digits and underscores (what a
+    replication slot name allows; a publication is named the same way here)."""
+    text = _str(key, value)
+    if not text or not all(c.islower() or c.isdigit() or c == "_" for c in text):
+        raise ConfigError(f"{key}: expected lower-case letters, digits and _, got {text!r}")
+    return text
 
 
 def _metrics(value: Any) -> tuple[Address | None, str]:

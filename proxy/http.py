@@ -105,7 +105,10 @@ class HttpEndpoints:
                 redis = self.config.redis_url is not None
                 healthy = await self.cache.backend.healthy()
                 cache = ("redis " if redis else "memory ") + ("up" if healthy else "down")
-            body = json.dumps({"upstream": upstream, "cache": cache}).encode()
+            ready: dict[str, object] = {"upstream": upstream, "cache": cache}
+            if self.cache is not None and self.cache.replication is not None:
+                ready["replication"] = self.cache.replication.detail()
+            body = json.dumps(ready).encode()
             status = "200 OK" if upstream else "503 Service Unavailable"
             return status, "application/json", body + b"\n"
         if path == "/stats":

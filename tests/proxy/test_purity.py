@@ -20,6 +20,8 @@ PURE_MODULES = [
     "proxy/config.py",
     "proxy/errors.py",
     "proxy/shapes.py",
+    "cache/pgoutput.py",
+    "cache/changes.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "redis", "uvloop", "selectors", "threading"}
 

@@ -1,0 +1,108 @@
+"""A throwaway cluster with ``wal_level = logical``, and caching proxies that follow its
+replication stream (issue 12).
+
+The shared Postgres at :5432 runs with ``wal_level = replica`` and other tests use it, so
+replication tests bring their own server: one per test module (initdb + start take about a
+second), stopped with ``pg_ctl stop -m immediate`` and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from tests.conftest import ProxyProcess, start_proxy
+from tests.integration.cluster import PG_BIN, Cluster, _as_postgres, free_port
+
+
+@contextlib.contextmanager
+def logical_cluster() -> Iterator[Cluster]:
+    directory = tempfile.mkdtemp(prefix="pgr-logical-")
+    shutil.chown(directory, "postgres", "postgres")
+    os.chmod(directory, 0o700)
+    cluster = Cluster(directory, free_port())
+    started = False
+    try:
+        _as_postgres(
+            f"{PG_BIN}/initdb", "-D", cluster.data, "-A", "trust", "-U", "postgres",
+            "-E", "UTF8", "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        options = (
+            f"-p {cluster.port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10"
+        )
+        started = True
+        _as_postgres(
+            f"{PG_BIN}/pg_ctl", "-D", cluster.data, "-l", cluster.logfile, "-w", "-t", "60",
+            "-o", options, "start",
+        )  # fmt: skip
+        yield cluster
+    finally:
+        if started:
+            with contextlib.suppress(RuntimeError):
+                _as_postgres(
+                    f"{PG_BIN}/pg_ctl", "-D", cluster.data, "-m", "immediate", "-w", "stop"
+                )
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def replicating_proxy(
+    cluster: Cluster,
+    redis_url: str,
+    database: str = "postgres",
+    failover: float = 1.0,
+    slot: str = "pgreactive",
+) -> ProxyProcess:
+    """A caching proxy in front of `cluster` on `redis_url`, following `database`'s stream
+    (catalog and replication user ``postgres``, a superuser)."""
+    fd, path = tempfile.mkstemp(prefix="pgr-repl-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(
+            f"replication: {{enabled: true, database: {database}, failover_seconds: {failover},"
+            f" slot: {slot}, publication: {slot}}}\n"
+            "catalog: {user: postgres}\n"
+        )
+    try:
+        return start_proxy(
+            "--upstream", f"postgresql://127.0.0.1:{cluster.port}", "--redis", redis_url,
+            "--metrics", "127.0.0.1:0", "--config", path,
+        )  # fmt: skip
+    finally:
+        os.unlink(path)
+
+
+def readyz(proxy: ProxyProcess) -> dict[str, Any]:
+    assert proxy.metrics_url is not None
+    try:
+        with urllib.request.urlopen(proxy.metrics_url + "/readyz", timeout=5) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def wait_streaming(proxy: ProxyProcess, guard: float = 20.0) -> dict[str, Any]:
+    """Wait until `proxy` holds the lease and has caught up; return its replication detail."""
+    deadline = time.monotonic() + guard
+    while True:
+        detail: dict[str, Any] = readyz(proxy).get("replication", {})
+        if detail.get("state") == "streaming":
+            return detail
+        if time.monotonic() > deadline:
+            raise AssertionError(f"proxy never streamed: {detail}\n{proxy.log}")
+        time.sleep(0.05)
+
+
+def direct(cluster: Cluster, dbname: str = "postgres") -> psycopg.Connection[Any]:
+    return psycopg.connect(cluster.dsn(dbname=dbname), autocommit=True)
