@@ -71,6 +71,7 @@ def replicating_proxy(
             f"replication: {{enabled: true, database: {database}, failover_seconds: {failover},"
             f" slot: {slot}, publication: {slot}}}\n"
             "catalog: {user: postgres}\n"
+            "namespace: pgreactive\n"  # events on pgreactive:invalidations
         )
     try:
         return start_proxy(
