@@ -127,7 +127,8 @@ class Replication:
         ns = service.context(self.database).namespace
         self.lease_key = ns.prefix + "repl:lease"
         self.lease_ms = max(1, int(self.config.failover_seconds * 2000 / 3))
-        client = getattr(service.backend, "client", None)
+        backend = getattr(service.backend, "inner", service.backend)  # under a TimedBackend
+        client = getattr(backend, "client", None)
         self.lease: Lease = RedisLease(client) if client is not None else LocalLease()
         self.holder = uuid.uuid4().hex[:12]
         self.state = "starting"  # starting | unavailable | standby | syncing | streaming

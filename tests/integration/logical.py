@@ -106,3 +106,13 @@ def wait_streaming(proxy: ProxyProcess, guard: float = 20.0) -> dict[str, Any]:
 
 def direct(cluster: Cluster, dbname: str = "postgres") -> psycopg.Connection[Any]:
     return psycopg.connect(cluster.dsn(dbname=dbname), autocommit=True)
+
+
+def events_stream(cluster: Cluster, redis_url: str) -> str:
+    """The Redis stream of events of a `replicating_proxy` (its namespace's)."""
+    from proxy.config import load, namespace
+
+    upstream = f"postgresql://127.0.0.1:{cluster.port}"
+    return namespace(load(None, {}, {"upstream.url": upstream, "redis.url": redis_url})) + (
+        ":invalidations"
+    )

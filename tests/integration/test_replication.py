@@ -36,7 +36,13 @@ import redis
 from tests.conftest import PG_HOST, PG_PORT, ProxyProcess, scrape, start_proxy
 from tests.integration.cache_env import decisions
 from tests.integration.cluster import Cluster
-from tests.integration.logical import direct, logical_cluster, replicating_proxy, wait_streaming
+from tests.integration.logical import (
+    direct,
+    events_stream,
+    logical_cluster,
+    replicating_proxy,
+    wait_streaming,
+)
 from tests.integration.proxies import assert_no_crash
 from tests.integration.test_cache_hits import throwaway_redis
 
@@ -188,6 +194,7 @@ def test_scoped_direct_write_leaves_other_org_hitting(
     read_a = "select v from items where organization_id = 'A' order by id"
     read_b = "select v from items where organization_id = 'B' order by id"
     client = redis.Redis.from_url(redis_url)
+    stream = events_stream(cluster, redis_url)
     with psycopg.connect(proxy.dsn(dbname="postgres"), autocommit=True) as conn:
         for write in (
             "insert into items values (10, 'A', 'new')",
@@ -196,21 +203,21 @@ def test_scoped_direct_write_leaves_other_org_hitting(
         ):
             warm(proxy, conn, read_a)
             old_b = warm(proxy, conn, read_b)
-            last = client.xrevrange("pgreactive:invalidations", count=1)
+            last = client.xrevrange(stream, count=1)
             with direct(cluster) as admin:
                 admin.execute(write)
                 expected_a = [r[0] for r in admin.execute(read_a).fetchall()]
-            _wait_event_after(client, last[0][0] if last else b"0")
+            _wait_event_after(client, stream, last[0][0] if last else b"0")
             assert [r[0] for r in conn.execute(read_a).fetchall()] == expected_a
             before = scrape(proxy)
             assert _value(conn, read_b) == old_b
             assert decisions(before, scrape(proxy)) == ["hit"], write
 
 
-def _wait_event_after(client: redis.Redis, after: bytes) -> list[dict[str, Any]]:
+def _wait_event_after(client: redis.Redis, stream: str, after: bytes) -> list[dict[str, Any]]:
     deadline = time.monotonic() + GUARD
     while True:
-        entries = client.xrange("pgreactive:invalidations", min=b"(" + after)
+        entries = client.xrange(stream, min=b"(" + after)
         if entries:
             return [json.loads(fields[b"event"]) for _, fields in entries]
         assert time.monotonic() < deadline, "no event"
@@ -221,7 +228,8 @@ def test_one_event_per_transaction_from_the_stream_only(
     cluster: Cluster, proxies: tuple[ProxyProcess, ProxyProcess], redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    last = client.xrevrange("pgreactive:invalidations", count=1)
+    stream = events_stream(cluster, redis_url)
+    last = client.xrevrange(stream, count=1)
     after = last[0][0] if last else b"0"
     with direct(cluster) as admin:
         admin.execute("update items set v = 'e1' where id = 2")
@@ -231,11 +239,11 @@ def test_one_event_per_transaction_from_the_stream_only(
     with psycopg.connect(proxies[0].dsn(dbname="postgres"), autocommit=True) as conn:
         conn.execute("delete from dels where id = 50")  # proxied: announced by the stream
     deadline = time.monotonic() + GUARD
-    while len(events := _wait_event_after(client, after)) < 3:
+    while len(events := _wait_event_after(client, stream, after)) < 3:
         assert time.monotonic() < deadline, events
         time.sleep(0.01)
     time.sleep(0.3)  # a duplicate, or an event from the proxy itself, would arrive by now
-    events = _wait_event_after(client, after)
+    events = _wait_event_after(client, stream, after)
     assert [(e["source"], e["tables"], e["operations"]) for e in events] == [
         ("replication", ["items"], ["UPDATE"]),
         ("replication", ["dels", "items"], ["INSERT", "UPDATE"]),
@@ -328,7 +336,7 @@ def test_kill_the_lease_holder_during_direct_writes(cluster: Cluster) -> None:
             while True:
                 events = [
                     json.loads(fields[b"event"])
-                    for _, fields in client.xrange("pgreactive:invalidations")
+                    for _, fields in client.xrange(events_stream(cluster, url))
                 ]
                 counted = [e for e in events if e["tables"] == ["counter"]]
                 if len(counted) >= writes or time.monotonic() > deadline:
