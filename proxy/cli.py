@@ -40,7 +40,7 @@ class ListenError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from proxy.tools import ToolParser, cache, check_config, events, stats
+    from proxy.tools import ToolParser, cache, check_config, events, replication, stats
 
     p = ToolParser(
         prog="pgreactive",
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", metavar="FORMAT", help="text, or json: one object per line")
     p.set_defaults(run=None)
     commands = p.add_subparsers(title="commands", metavar="COMMAND")
-    for tool in (check_config, stats, events, cache):
+    for tool in (check_config, stats, events, cache, replication):
         tool.add_commands(commands)
     return p
 
