@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cache.changes import TransactionAssembler, plan_transaction
@@ -124,6 +124,7 @@ class Replication:
         self.service = service
         self.config = service.config.replication
         self.database = self.config.database
+        self.slot = self.config.slot
         ns = service.context(self.database).namespace
         self.lease_key = ns.prefix + "repl:lease"
         self.lease_ms = max(1, int(self.config.failover_seconds * 2000 / 3))
@@ -138,6 +139,8 @@ class Replication:
         self.retained_wal_bytes: int | None = None
         self.confirmed_lsn = 0
         self.transactions = 0
+        # Per transaction, its lag (a histogram's observer, set by whoever exposes metrics).
+        self.observe_lag: Callable[[float], None] | None = None
         self._fresh_until = 0.0
         self._synced = False
         self._last_received = 0.0
@@ -281,6 +284,7 @@ class Replication:
                 self._stream.abort()
                 self._stream = None
             self._synced = False
+            self.retained_wal_bytes = None  # read by the holder only
 
     # --- the reader ------------------------------------------------------------------
 
@@ -349,6 +353,8 @@ class Replication:
             raise PgError("58000", "invalidation could not be written; replaying")
         if txn.commit_time:
             self.lag_seconds = max(0.0, time.time() - unix_seconds(txn.commit_time))
+            if self.observe_lag is not None:
+                self.observe_lag(self.lag_seconds)
 
     def _status(self, conn: WalSender) -> None:
         conn.send_copy(

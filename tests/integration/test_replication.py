@@ -254,6 +254,62 @@ def test_one_event_per_transaction_from_the_stream_only(
     assert len({e["eventId"] for e in events}) == 3
 
 
+def _sample(values: dict[str, float], name: str, **labels: str) -> float | None:
+    """The value of the one sample of `name` whose labels include `labels` (None: none)."""
+    found = [
+        value
+        for sample, value in values.items()
+        if sample.partition("{")[0] == name
+        and all(f'{k}="{v}"' in sample for k, v in labels.items())
+    ]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
+def test_replication_metrics_appear_and_move(
+    cluster: Cluster, proxies: tuple[ProxyProcess, ProxyProcess]
+) -> None:
+    """The reader exposes its state, the lease holder, per-transaction lag and the slot's
+    retained WAL; the other instance says it stands by, under the same holder."""
+    reader, other = proxies
+    holder = wait_streaming(reader)["this_instance"]
+    deadline = time.monotonic() + GUARD
+    while (retained := _sample(scrape(reader), "pgreactive_replication_retained_wal_bytes",
+                               database="postgres", slot="pgreactive")) is None:  # fmt: skip
+        assert time.monotonic() < deadline, "no retained WAL reading"
+        time.sleep(0.1)
+    before = scrape(reader)
+    writes = 20
+    with direct(cluster) as admin:
+        admin.execute("create table if not exists filler (id int, pad text)")
+        for i in range(writes):
+            admin.execute("update items set v = %s where id = 2", (f"m{i}",))
+        admin.execute(  # WAL to retain
+            "insert into filler select g, repeat('x', 200) from generate_series(1, 20000) g"
+        )
+    metric = "pgreactive_replication_"
+    deadline = time.monotonic() + 3 * GUARD  # the slot is read every 5 s
+    while True:
+        after = scrape(reader)
+        moved = _sample(after, metric + "retained_wal_bytes") != retained
+        count = _sample(after, metric + "lag_seconds_count", database="postgres") or 0
+        if moved and count - (_sample(before, metric + "lag_seconds_count") or 0) >= writes:
+            break
+        assert time.monotonic() < deadline, (retained, after)
+        time.sleep(0.2)
+    transactions = _sample(after, metric + "transactions_total", database="postgres") or 0
+    assert transactions - (_sample(before, metric + "transactions_total") or 0) >= writes
+    assert (_sample(after, metric + "last_lag_seconds", database="postgres") or -1) >= 0
+    assert _sample(after, metric + "state", database="postgres", state="streaming") == 1
+    assert _sample(after, metric + "state", state="standby") == 0
+    assert _sample(after, metric + "lease_holder", holder=holder, this_instance=holder) == 1
+    seen = scrape(other)
+    assert _sample(seen, metric + "state", state="standby") == 1
+    assert _sample(seen, metric + "lease_holder", holder=holder) == 1
+    assert _sample(seen, metric + "lease_holder", this_instance=holder) is None
+    assert _sample(seen, metric + "retained_wal_bytes") is None  # the holder's reading
+
+
 def test_replica_wal_level_starts_and_says_why_once(redis_url: str) -> None:
     """The shared Postgres runs with wal_level = replica: the proxy starts, logs why it
     does not follow the stream once, and caches and announces its own writes as before."""
