@@ -137,7 +137,7 @@ class Ancestry:
         return frozenset({"parent"}) if name == "public.part_a" else frozenset()
 
 
-NS = Namespace("pgr:{x}:")
+NS = Namespace("pgr:{x}:", "pgr:epoch")
 POLICY = CachePolicy(scope_columns=(ORG,), relations={"plain_t": ("audit.plain_id",)})
 
 
