@@ -147,6 +147,7 @@ class Replication:
         self._tasks: list[asyncio.Task[None]] = []
         self._stream: WalSender | None = None
         self._logged: set[str] = set()
+        self._without_identity = ""  # the tables last warned about
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -393,16 +394,70 @@ class Replication:
 
     # --- the slot and the publication ----------------------------------------------
 
+    async def _publication_target(self, conn: WalSender) -> str:
+        """``all tables``, or ``table`` and every table named in ``replication.tables``, in
+        any schema (bare names, as everywhere in the configuration), quoted by Postgres.
+        (The names were checked strictly by the configuration: letters, digits, _ and $.)"""
+        names = self.config.tables
+        if not names:
+            return "all tables"
+        literals = ", ".join(f"'{name}'" for name in names)
+        rows = await conn.query(
+            "select format('%I.%I', n.nspname, c.relname), c.relname from pg_class c"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            f" where c.relkind in ('r', 'p') and c.relname in ({literals})"
+            " and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'"
+            " order by 1"
+        )
+        missing = sorted(set(names) - {row[1] for row in rows})
+        if missing:
+            raise PgError(
+                "42P01", f"replication.tables: no table {', '.join(missing)} in {self.database}"
+            )
+        return "table " + ", ".join(str(row[0]) for row in rows)
+
+    async def _warn_without_replica_identity(self, conn: WalSender) -> None:
+        """Say which published tables Postgres now refuses UPDATE and DELETE on: without a
+        replica identity (no primary key, or REPLICA IDENTITY NOTHING) a table in a
+        publication that publishes updates and deletes fails them with SQLSTATE 55000."""
+        rows = await conn.query(
+            "select format('%I.%I', t.schemaname, t.tablename)"
+            " from pg_publication_tables t"
+            " join pg_namespace n on n.nspname = t.schemaname"
+            " join pg_class c on c.relnamespace = n.oid and c.relname = t.tablename"
+            " join pg_publication p on p.pubname = t.pubname"
+            f" where t.pubname = '{self.config.publication}' and (p.pubupdate or p.pubdelete)"
+            " and (c.relreplident = 'n'"
+            "  or (c.relreplident = 'd' and not exists (select 1 from pg_index i"
+            "      where i.indrelid = c.oid and i.indisprimary))"
+            "  or (c.relreplident = 'i' and not exists (select 1 from pg_index i"
+            "      where i.indrelid = c.oid and i.indisreplident)))"
+            " order by 1"
+        )
+        names = [str(row[0]) for row in rows]
+        if not names:
+            self._without_identity = ""
+            return
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        if shown != self._without_identity:  # once per reader, again when the list changes
+            self._without_identity = shown
+            log.warning(
+                "replication: Postgres refuses UPDATE and DELETE on %d table(s) of publication"
+                " %s: they have no replica identity: %s. Give each a primary key, or REPLICA"
+                " IDENTITY FULL (docs/replication.md)",
+                len(names), self.config.publication, shown,
+            )  # fmt: skip
+
     async def _prepare(self, conn: WalSender) -> None:
         """Create the publication and the slot if missing (and allowed)."""
         slot, publication = self.config.slot, self.config.publication
         if not await conn.query(f"select 1 from pg_publication where pubname = '{publication}'"):
             if not self.config.create_if_missing:
                 raise PgError("42704", f"publication {publication!r} does not exist")
-            tables = ", ".join(self.config.tables)
-            target = f"table {tables}" if tables else "all tables"
+            target = await self._publication_target(conn)
             await conn.execute(f"create publication {publication} for {target}")
             log.info("replication: created publication %s for %s", publication, target)
+        await self._warn_without_replica_identity(conn)
         found = await conn.query(
             f"select database from pg_replication_slots where slot_name = '{slot}'"
         )

@@ -62,6 +62,7 @@ def replicating_proxy(
     database: str = "postgres",
     failover: float = 1.0,
     slot: str = "pgreactive",
+    tables: tuple[str, ...] = (),
 ) -> ProxyProcess:
     """A caching proxy in front of `cluster` on `redis_url`, following `database`'s stream
     (catalog and replication user ``postgres``, a superuser)."""
@@ -69,7 +70,7 @@ def replicating_proxy(
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(
             f"replication: {{enabled: true, database: {database}, failover_seconds: {failover},"
-            f" slot: {slot}, publication: {slot}}}\n"
+            f" slot: {slot}, publication: {slot}, tables: [{', '.join(tables)}]}}\n"
             "catalog: {user: postgres}\n"
         )
     try:

@@ -66,6 +66,7 @@ create table part (id int, organization_id text, v text) partition by list (orga
 create table part_a partition of part for values in ('A');
 alter table part_a replica identity full;
 insert into part values (1, 'A', 'p0');
+create table nokey (v text);
 """
 
 
@@ -252,6 +253,17 @@ def test_one_event_per_transaction_from_the_stream_only(
     lsns = [tuple(int(x, 16) for x in e["lsn"].split("/")) for e in events]
     assert lsns == sorted(lsns) and len(set(lsns)) == 3
     assert len({e["eventId"] for e in events}) == 3
+
+
+def test_tables_without_replica_identity_are_named_once(
+    proxies: tuple[ProxyProcess, ProxyProcess],
+) -> None:
+    """A FOR ALL TABLES publication makes Postgres refuse UPDATE and DELETE on tables
+    without a replica identity: the reader says which, once."""
+    lines = [line for line in proxies[0].log.splitlines() if "no replica identity" in line]
+    assert len(lines) == 1, proxies[0].log
+    assert "WARNING" in lines[0] and ": public.nokey. Give each a primary key" in lines[0]
+    assert "no replica identity" not in proxies[1].log  # it never read the stream
 
 
 def _sample(values: dict[str, float], name: str, **labels: str) -> float | None:

@@ -159,3 +159,30 @@ def test_direct_create_view_is_known_to_the_catalog(cluster: Cluster, proxy: Pro
         with direct(cluster) as admin:
             admin.execute("update shape set v = 'b' where id = 1")
         _until("the view's new value", lambda: _rows(conn, sql) == [("B",)])
+
+
+def test_a_table_list_is_resolved_in_every_schema_and_quoted(cluster: Cluster) -> None:
+    """``replication.tables``: bare names, found in every schema, quoted as Postgres spells
+    them; a name that matches no table is said in the log (and nothing is followed)."""
+    with direct(cluster) as conn:
+        conn.execute('create schema other; create table other."Mixed$Case" (id int primary key)')
+    with throwaway_redis() as url:
+        p = replicating_proxy(cluster, url, slot="listed", tables=("shape", "Mixed$Case"))
+        try:
+            wait_streaming(p)
+        finally:
+            p.stop()
+        with direct(cluster) as conn:
+            published = conn.execute(
+                "select schemaname, tablename from pg_publication_tables"
+                " where pubname = 'listed' order by 1, 2"
+            ).fetchall()
+        assert published == [("other", "Mixed$Case"), ("public", "shape")]
+        p = replicating_proxy(cluster, url, slot="absent", tables=("absent",))
+        try:
+            deadline = time.monotonic() + GUARD
+            while "replication.tables: no table absent in postgres" not in p.log:
+                assert time.monotonic() < deadline, p.log
+                time.sleep(0.05)
+        finally:
+            p.stop()
