@@ -35,7 +35,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cache.changes import TransactionAssembler, plan_transaction
@@ -124,10 +124,11 @@ class Replication:
         self.service = service
         self.config = service.config.replication
         self.database = self.config.database
+        self.slot = self.config.slot
         ns = service.context(self.database).namespace
         self.lease_key = ns.prefix + "repl:lease"
         self.lease_ms = max(1, int(self.config.failover_seconds * 2000 / 3))
-        backend = getattr(service.backend, "inner", service.backend)  # (TimedBackend wraps)
+        backend = getattr(service.backend, "inner", service.backend)  # under a TimedBackend
         client = getattr(backend, "client", None)
         self.lease: Lease = RedisLease(client) if client is not None else LocalLease()
         self.holder = uuid.uuid4().hex[:12]
@@ -138,12 +139,15 @@ class Replication:
         self.retained_wal_bytes: int | None = None
         self.confirmed_lsn = 0
         self.transactions = 0
+        # Per transaction, its lag (a histogram's observer, set by whoever exposes metrics).
+        self.observe_lag: Callable[[float], None] | None = None
         self._fresh_until = 0.0
         self._synced = False
         self._last_received = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._stream: WalSender | None = None
         self._logged: set[str] = set()
+        self._without_identity = ""  # the tables last warned about
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -281,6 +285,7 @@ class Replication:
                 self._stream.abort()
                 self._stream = None
             self._synced = False
+            self.retained_wal_bytes = None  # read by the holder only
 
     # --- the reader ------------------------------------------------------------------
 
@@ -349,6 +354,8 @@ class Replication:
             raise PgError("58000", "invalidation could not be written; replaying")
         if txn.commit_time:
             self.lag_seconds = max(0.0, time.time() - unix_seconds(txn.commit_time))
+            if self.observe_lag is not None:
+                self.observe_lag(self.lag_seconds)
 
     def _status(self, conn: WalSender) -> None:
         conn.send_copy(
@@ -387,16 +394,70 @@ class Replication:
 
     # --- the slot and the publication ----------------------------------------------
 
+    async def _publication_target(self, conn: WalSender) -> str:
+        """``all tables``, or ``table`` and every table named in ``replication.tables``, in
+        any schema (bare names, as everywhere in the configuration), quoted by Postgres.
+        (The names were checked strictly by the configuration: letters, digits, _ and $.)"""
+        names = self.config.tables
+        if not names:
+            return "all tables"
+        literals = ", ".join(f"'{name}'" for name in names)
+        rows = await conn.query(
+            "select format('%I.%I', n.nspname, c.relname), c.relname from pg_class c"
+            " join pg_namespace n on n.oid = c.relnamespace"
+            f" where c.relkind in ('r', 'p') and c.relname in ({literals})"
+            " and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'"
+            " order by 1"
+        )
+        missing = sorted(set(names) - {row[1] for row in rows})
+        if missing:
+            raise PgError(
+                "42P01", f"replication.tables: no table {', '.join(missing)} in {self.database}"
+            )
+        return "table " + ", ".join(str(row[0]) for row in rows)
+
+    async def _warn_without_replica_identity(self, conn: WalSender) -> None:
+        """Say which published tables Postgres now refuses UPDATE and DELETE on: without a
+        replica identity (no primary key, or REPLICA IDENTITY NOTHING) a table in a
+        publication that publishes updates and deletes fails them with SQLSTATE 55000."""
+        rows = await conn.query(
+            "select format('%I.%I', t.schemaname, t.tablename)"
+            " from pg_publication_tables t"
+            " join pg_namespace n on n.nspname = t.schemaname"
+            " join pg_class c on c.relnamespace = n.oid and c.relname = t.tablename"
+            " join pg_publication p on p.pubname = t.pubname"
+            f" where t.pubname = '{self.config.publication}' and (p.pubupdate or p.pubdelete)"
+            " and (c.relreplident = 'n'"
+            "  or (c.relreplident = 'd' and not exists (select 1 from pg_index i"
+            "      where i.indrelid = c.oid and i.indisprimary))"
+            "  or (c.relreplident = 'i' and not exists (select 1 from pg_index i"
+            "      where i.indrelid = c.oid and i.indisreplident)))"
+            " order by 1"
+        )
+        names = [str(row[0]) for row in rows]
+        if not names:
+            self._without_identity = ""
+            return
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        if shown != self._without_identity:  # once per reader, again when the list changes
+            self._without_identity = shown
+            log.warning(
+                "replication: Postgres refuses UPDATE and DELETE on %d table(s) of publication"
+                " %s: they have no replica identity: %s. Give each a primary key, or REPLICA"
+                " IDENTITY FULL (docs/replication.md)",
+                len(names), self.config.publication, shown,
+            )  # fmt: skip
+
     async def _prepare(self, conn: WalSender) -> None:
         """Create the publication and the slot if missing (and allowed)."""
         slot, publication = self.config.slot, self.config.publication
         if not await conn.query(f"select 1 from pg_publication where pubname = '{publication}'"):
             if not self.config.create_if_missing:
                 raise PgError("42704", f"publication {publication!r} does not exist")
-            tables = ", ".join(self.config.tables)
-            target = f"table {tables}" if tables else "all tables"
+            target = await self._publication_target(conn)
             await conn.execute(f"create publication {publication} for {target}")
             log.info("replication: created publication %s for %s", publication, target)
+        await self._warn_without_replica_identity(conn)
         found = await conn.query(
             f"select database from pg_replication_slots where slot_name = '{slot}'"
         )

@@ -40,7 +40,7 @@ class ListenError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from proxy.tools import ToolParser, cache, check_config, events, stats
+    from proxy.tools import ToolParser, cache, check_config, events, replication, stats
 
     p = ToolParser(
         prog="pgreactive",
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", metavar="FORMAT", help="text, or json: one object per line")
     p.set_defaults(run=None)
     commands = p.add_subparsers(title="commands", metavar="COMMAND")
-    for tool in (check_config, stats, events, cache):
+    for tool in (check_config, stats, events, cache, replication):
         tool.add_commands(commands)
     return p
 
@@ -188,6 +188,7 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     from proxy.http import HttpEndpoints
     from proxy.metrics import (
         Latency,
+        ReplicationCollector,
         Stats,
         StatsCollector,
         redis_round_trips,
@@ -204,6 +205,7 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     if config.cache.enabled:
         redis = redis_round_trips(registry) if config.redis_url else None
         cache = _cache_service(config, stats, Latency(registry), redis)
+        _replication_metrics(registry, cache)
         await cache.start()
         registering = await _register(cache)
     connect = upstream_round_trips(registry).observers["connect"]
@@ -220,6 +222,9 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         if config.metrics is not None:
             registry.register(
                 StatsCollector(stats, lambda: cache.available if cache is not None else None)
+            )
+            registry.register(
+                ReplicationCollector(lambda: cache.replication if cache is not None else None)
             )
             http = HttpEndpoints(config, registry, cache)
             await _listen(http.start(), f"metrics.listen {config.metrics}")
@@ -238,6 +243,16 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     await server.shutdown()
     if cache is not None:
         await cache.close()
+
+
+def _replication_metrics(registry: CollectorRegistry, cache: CacheService) -> None:
+    """The lag histogram (its family without samples when replication is off)."""
+    from proxy.metrics import replication_lag
+
+    reader = cache.replication
+    lag = replication_lag(registry, reader.database if reader is not None else None)
+    if reader is not None:
+        reader.observe_lag = lag.observers[reader.database]
 
 
 async def _register(cache: CacheService) -> asyncio.Task[None] | None:

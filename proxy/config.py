@@ -636,7 +636,7 @@ def _replication(value: Any) -> ReplicationConfig:
         slot=_identifier("replication.slot", raw.get("slot", d.slot)),
         publication=_identifier("replication.publication", raw.get("publication", d.publication)),
         tables=tuple(
-            _table("replication.tables", t)
+            _published_table("replication.tables", t)
             for t in _str_list("replication.tables", _optional(raw, "tables", []))
         ),
         create_if_missing=_bool(
@@ -651,6 +651,22 @@ def _replication(value: Any) -> ReplicationConfig:
     if config.enabled and not config.database:
         raise ConfigError("replication.database: required when replication.enabled is true")
     return config
+
+
+def _published_table(key: str, name: Any) -> str:
+    """A bare table name for ``CREATE PUBLICATION ... FOR TABLE``: letters, digits, _ and $,
+    not starting with a digit, at most 63 bytes (it goes into SQL, quoted, as Postgres spells
+    it: case-sensitive)."""
+    text = _table(key, name)
+    head, tail = text[:1], text[1:]
+    plain = (head.isalpha() or head == "_") and all(
+        c.isalnum() or c in "_$" for c in tail
+    )
+    if not plain or not text.isascii() or len(text) > 63:
+        raise ConfigError(
+            f"{key}: expected a table name of letters, digits, _ and $ (at most 63), got {text!r}"
+        )
+    return text
 
 
 def _identifier(key: str, value: Any) -> str:

@@ -13,6 +13,7 @@ import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -259,3 +260,80 @@ class StatsCollector(Collector):
                 "1 when the cache backend (Redis) is reachable and healed, else 0",
                 1 if available else 0,
             )
+
+
+class ReplicationView(Protocol):
+    """What the replication metrics read from the stream's reader (`cache.replication`)."""
+
+    database: str
+    slot: str
+    state: str
+    lease_holder: str
+    holder: str
+    transactions: int
+    lag_seconds: float | None
+    retained_wal_bytes: int | None
+
+
+REPLICATION_STATES = ("starting", "unavailable", "standby", "syncing", "streaming")
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def replication_lag(registry: CollectorRegistry | None, database: str | None) -> Histograms:
+    """`pgreactive_replication_lag_seconds{database}`: per transaction read from the stream,
+    its commit time (Postgres's clock) to the end of its invalidation (ours)."""
+    return Histograms(
+        "pgreactive_replication_lag_seconds",
+        "Replicated transactions: commit on Postgres to invalidation done (the stream's reader)",
+        "database",
+        (database,) if database is not None else (),
+        registry,
+        buckets=_LAG_BUCKETS,
+    )
+
+
+class ReplicationCollector(Collector):
+    """The replication stream's state, lease holder, last lag and slot's retained WAL; the
+    families are exposed (without samples) when replication is off."""
+
+    def __init__(self, view: Callable[[], ReplicationView | None]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        r = self.view()
+        state = GaugeMetricFamily(
+            "pgreactive_replication_state",
+            "1 for this instance's replication state (standby: another instance reads)",
+            labels=["database", "state"],
+        )
+        holder = GaugeMetricFamily(
+            "pgreactive_replication_lease_holder",
+            "1: the instance that holds the replication lease, as this instance last read it",
+            labels=["database", "holder", "this_instance"],
+        )
+        transactions = CounterMetricFamily(
+            "pgreactive_replication_transactions",
+            "Committed transactions read from the stream and invalidated by this instance",
+            labels=["database"],
+        )
+        lag = GaugeMetricFamily(
+            "pgreactive_replication_last_lag_seconds",
+            "The last replicated transaction this instance read: commit to invalidation done",
+            labels=["database"],
+        )
+        retained = GaugeMetricFamily(
+            "pgreactive_replication_retained_wal_bytes",
+            "WAL the slot keeps (pg_current_wal_lsn() - restart_lsn), read by the lease holder",
+            labels=["database", "slot"],
+        )
+        if r is not None:
+            for name in REPLICATION_STATES:
+                state.add_metric([r.database, name], 1 if name == r.state else 0)
+            if r.lease_holder:
+                holder.add_metric([r.database, r.lease_holder, r.holder], 1)
+            transactions.add_metric([r.database], r.transactions)
+            if r.lag_seconds is not None:
+                lag.add_metric([r.database], r.lag_seconds)
+            if r.retained_wal_bytes is not None:
+                retained.add_metric([r.database, r.slot], r.retained_wal_bytes)
+        yield from (state, holder, transactions, lag, retained)

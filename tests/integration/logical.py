@@ -62,6 +62,7 @@ def replicating_proxy(
     database: str = "postgres",
     failover: float = 1.0,
     slot: str = "pgreactive",
+    tables: tuple[str, ...] = (),
 ) -> ProxyProcess:
     """A caching proxy in front of `cluster` on `redis_url`, following `database`'s stream
     (catalog and replication user ``postgres``, a superuser)."""
@@ -69,9 +70,8 @@ def replicating_proxy(
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(
             f"replication: {{enabled: true, database: {database}, failover_seconds: {failover},"
-            f" slot: {slot}, publication: {slot}}}\n"
+            f" slot: {slot}, publication: {slot}, tables: [{', '.join(tables)}]}}\n"
             "catalog: {user: postgres}\n"
-            "namespace: pgreactive\n"  # events on pgreactive:invalidations
         )
     try:
         return start_proxy(
@@ -107,3 +107,13 @@ def wait_streaming(proxy: ProxyProcess, guard: float = 20.0) -> dict[str, Any]:
 
 def direct(cluster: Cluster, dbname: str = "postgres") -> psycopg.Connection[Any]:
     return psycopg.connect(cluster.dsn(dbname=dbname), autocommit=True)
+
+
+def events_stream(cluster: Cluster, redis_url: str) -> str:
+    """The Redis stream of events of a `replicating_proxy` (its namespace's)."""
+    from proxy.config import load, namespace
+
+    upstream = f"postgresql://127.0.0.1:{cluster.port}"
+    return namespace(load(None, {}, {"upstream.url": upstream, "redis.url": redis_url})) + (
+        ":invalidations"
+    )

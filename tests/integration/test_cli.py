@@ -27,7 +27,7 @@ from tests.conftest import PG_HOST, PG_PORT
 PGREACTIVE = str(Path(sys.executable).with_name("pgreactive"))
 # No PGREACTIVE_* from the test run's environment.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PGREACTIVE_")}
-COMMANDS = ("check-config", "stats", "events", "cache")
+COMMANDS = ("check-config", "stats", "events", "cache", "replication")
 
 
 def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -56,7 +56,10 @@ def test_help_lists_every_command() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["check-config"], ["stats"], ["events"], ["events", "tail"], ["cache"], ["cache", "flush"]],
+    [
+        ["check-config"], ["stats"], ["events"], ["events", "tail"], ["cache"], ["cache", "flush"],
+        ["replication"], ["replication", "install"], ["replication", "uninstall"],
+    ],
     ids=lambda c: " ".join(c),
 )
 def test_each_command_has_help(command: list[str]) -> None:
@@ -75,6 +78,10 @@ def test_version() -> None:
     [
         (["events"], "pgreactive events: the following arguments are required: ACTION"),
         (["cache"], "pgreactive cache: the following arguments are required: ACTION"),
+        (
+            ["replication"],
+            "pgreactive replication: the following arguments are required: ACTION",
+        ),
         (["nonsense"], "pgreactive: argument COMMAND: invalid choice: 'nonsense'"),
         (
             ["cache", "flush", "--table", "agents"],  # the docs' old example: flushed `postgres`
@@ -85,7 +92,10 @@ def test_version() -> None:
             "pgreactive cache flush: --all flushes every database: give it without --table",
         ),
     ],
-    ids=["events", "cache", "unknown-command", "flush-without-database", "flush-all-and-table"],
+    ids=[
+        "events", "cache", "replication", "unknown-command", "flush-without-database",
+        "flush-all-and-table",
+    ],
 )
 def test_an_incomplete_command_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
     done = run(*argv)

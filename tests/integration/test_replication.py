@@ -36,7 +36,13 @@ import redis
 from tests.conftest import PG_HOST, PG_PORT, ProxyProcess, scrape, start_proxy
 from tests.integration.cache_env import decisions
 from tests.integration.cluster import Cluster
-from tests.integration.logical import direct, logical_cluster, replicating_proxy, wait_streaming
+from tests.integration.logical import (
+    direct,
+    events_stream,
+    logical_cluster,
+    replicating_proxy,
+    wait_streaming,
+)
 from tests.integration.proxies import assert_no_crash
 from tests.integration.test_cache_hits import throwaway_redis
 
@@ -60,6 +66,7 @@ create table part (id int, organization_id text, v text) partition by list (orga
 create table part_a partition of part for values in ('A');
 alter table part_a replica identity full;
 insert into part values (1, 'A', 'p0');
+create table nokey (v text);
 """
 
 
@@ -188,6 +195,7 @@ def test_scoped_direct_write_leaves_other_org_hitting(
     read_a = "select v from items where organization_id = 'A' order by id"
     read_b = "select v from items where organization_id = 'B' order by id"
     client = redis.Redis.from_url(redis_url)
+    stream = events_stream(cluster, redis_url)
     with psycopg.connect(proxy.dsn(dbname="postgres"), autocommit=True) as conn:
         for write in (
             "insert into items values (10, 'A', 'new')",
@@ -196,21 +204,21 @@ def test_scoped_direct_write_leaves_other_org_hitting(
         ):
             warm(proxy, conn, read_a)
             old_b = warm(proxy, conn, read_b)
-            last = client.xrevrange("pgreactive:invalidations", count=1)
+            last = client.xrevrange(stream, count=1)
             with direct(cluster) as admin:
                 admin.execute(write)
                 expected_a = [r[0] for r in admin.execute(read_a).fetchall()]
-            _wait_event_after(client, last[0][0] if last else b"0")
+            _wait_event_after(client, stream, last[0][0] if last else b"0")
             assert [r[0] for r in conn.execute(read_a).fetchall()] == expected_a
             before = scrape(proxy)
             assert _value(conn, read_b) == old_b
             assert decisions(before, scrape(proxy)) == ["hit"], write
 
 
-def _wait_event_after(client: redis.Redis, after: bytes) -> list[dict[str, Any]]:
+def _wait_event_after(client: redis.Redis, stream: str, after: bytes) -> list[dict[str, Any]]:
     deadline = time.monotonic() + GUARD
     while True:
-        entries = client.xrange("pgreactive:invalidations", min=b"(" + after)
+        entries = client.xrange(stream, min=b"(" + after)
         if entries:
             return [json.loads(fields[b"event"]) for _, fields in entries]
         assert time.monotonic() < deadline, "no event"
@@ -221,7 +229,8 @@ def test_one_event_per_transaction_from_the_stream_only(
     cluster: Cluster, proxies: tuple[ProxyProcess, ProxyProcess], redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    last = client.xrevrange("pgreactive:invalidations", count=1)
+    stream = events_stream(cluster, redis_url)
+    last = client.xrevrange(stream, count=1)
     after = last[0][0] if last else b"0"
     with direct(cluster) as admin:
         admin.execute("update items set v = 'e1' where id = 2")
@@ -231,11 +240,11 @@ def test_one_event_per_transaction_from_the_stream_only(
     with psycopg.connect(proxies[0].dsn(dbname="postgres"), autocommit=True) as conn:
         conn.execute("delete from dels where id = 50")  # proxied: announced by the stream
     deadline = time.monotonic() + GUARD
-    while len(events := _wait_event_after(client, after)) < 3:
+    while len(events := _wait_event_after(client, stream, after)) < 3:
         assert time.monotonic() < deadline, events
         time.sleep(0.01)
     time.sleep(0.3)  # a duplicate, or an event from the proxy itself, would arrive by now
-    events = _wait_event_after(client, after)
+    events = _wait_event_after(client, stream, after)
     assert [(e["source"], e["tables"], e["operations"]) for e in events] == [
         ("replication", ["items"], ["UPDATE"]),
         ("replication", ["dels", "items"], ["INSERT", "UPDATE"]),
@@ -244,6 +253,73 @@ def test_one_event_per_transaction_from_the_stream_only(
     lsns = [tuple(int(x, 16) for x in e["lsn"].split("/")) for e in events]
     assert lsns == sorted(lsns) and len(set(lsns)) == 3
     assert len({e["eventId"] for e in events}) == 3
+
+
+def test_tables_without_replica_identity_are_named_once(
+    proxies: tuple[ProxyProcess, ProxyProcess],
+) -> None:
+    """A FOR ALL TABLES publication makes Postgres refuse UPDATE and DELETE on tables
+    without a replica identity: the reader says which, once."""
+    lines = [line for line in proxies[0].log.splitlines() if "no replica identity" in line]
+    assert len(lines) == 1, proxies[0].log
+    assert "WARNING" in lines[0] and ": public.nokey. Give each a primary key" in lines[0]
+    assert "no replica identity" not in proxies[1].log  # it never read the stream
+
+
+def _sample(values: dict[str, float], name: str, **labels: str) -> float | None:
+    """The value of the one sample of `name` whose labels include `labels` (None: none)."""
+    found = [
+        value
+        for sample, value in values.items()
+        if sample.partition("{")[0] == name
+        and all(f'{k}="{v}"' in sample for k, v in labels.items())
+    ]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
+def test_replication_metrics_appear_and_move(
+    cluster: Cluster, proxies: tuple[ProxyProcess, ProxyProcess]
+) -> None:
+    """The reader exposes its state, the lease holder, per-transaction lag and the slot's
+    retained WAL; the other instance says it stands by, under the same holder."""
+    reader, other = proxies
+    holder = wait_streaming(reader)["this_instance"]
+    deadline = time.monotonic() + GUARD
+    while (retained := _sample(scrape(reader), "pgreactive_replication_retained_wal_bytes",
+                               database="postgres", slot="pgreactive")) is None:  # fmt: skip
+        assert time.monotonic() < deadline, "no retained WAL reading"
+        time.sleep(0.1)
+    before = scrape(reader)
+    writes = 20
+    with direct(cluster) as admin:
+        admin.execute("create table if not exists filler (id int, pad text)")
+        for i in range(writes):
+            admin.execute("update items set v = %s where id = 2", (f"m{i}",))
+        admin.execute(  # WAL to retain
+            "insert into filler select g, repeat('x', 200) from generate_series(1, 20000) g"
+        )
+    metric = "pgreactive_replication_"
+    deadline = time.monotonic() + 3 * GUARD  # the slot is read every 5 s
+    while True:
+        after = scrape(reader)
+        moved = _sample(after, metric + "retained_wal_bytes") != retained
+        count = _sample(after, metric + "lag_seconds_count", database="postgres") or 0
+        if moved and count - (_sample(before, metric + "lag_seconds_count") or 0) >= writes:
+            break
+        assert time.monotonic() < deadline, (retained, after)
+        time.sleep(0.2)
+    transactions = _sample(after, metric + "transactions_total", database="postgres") or 0
+    assert transactions - (_sample(before, metric + "transactions_total") or 0) >= writes
+    assert (_sample(after, metric + "last_lag_seconds", database="postgres") or -1) >= 0
+    assert _sample(after, metric + "state", database="postgres", state="streaming") == 1
+    assert _sample(after, metric + "state", state="standby") == 0
+    assert _sample(after, metric + "lease_holder", holder=holder, this_instance=holder) == 1
+    seen = scrape(other)
+    assert _sample(seen, metric + "state", state="standby") == 1
+    assert _sample(seen, metric + "lease_holder", holder=holder) == 1
+    assert _sample(seen, metric + "lease_holder", this_instance=holder) is None
+    assert _sample(seen, metric + "retained_wal_bytes") is None  # the holder's reading
 
 
 def test_replica_wal_level_starts_and_says_why_once(redis_url: str) -> None:
@@ -328,7 +404,7 @@ def test_kill_the_lease_holder_during_direct_writes(cluster: Cluster) -> None:
             while True:
                 events = [
                     json.loads(fields[b"event"])
-                    for _, fields in client.xrange("pgreactive:invalidations")
+                    for _, fields in client.xrange(events_stream(cluster, url))
                 ]
                 counted = [e for e in events if e["tables"] == ["counter"]]
                 if len(counted) >= writes or time.monotonic() > deadline:

@@ -156,6 +156,42 @@ redis: {url: "redis://127.0.0.1:6379/0"}
         pytest.param("metrics: {listen: 70000}", "metrics.listen", id="metrics-port-big"),
         pytest.param("metrics: {token: 5}", "metrics.token", id="metrics-token-number"),
         pytest.param("log: {level: 3}", "log.level", id="log-level-number"),
+        pytest.param("replication: 5", "replication", id="replication-scalar"),
+        pytest.param("replication: {enabled: 'yes'}", "replication.enabled", id="repl-enabled"),
+        pytest.param("replication: {enabled: true}", "replication.database", id="repl-no-db"),
+        pytest.param("replication: {enabled: true, database: app}", "replication.enabled",
+                     id="repl-without-catalog-user"),
+        pytest.param("replication: {database: 5}", "replication.database", id="repl-db-number"),
+        pytest.param("replication: {slot: ''}", "replication.slot", id="repl-slot-empty"),
+        pytest.param("replication: {slot: My-Slot}", "replication.slot", id="repl-slot-chars"),
+        pytest.param("replication: {slot: 7}", "replication.slot", id="repl-slot-number"),
+        pytest.param("replication: {publication: 'a b'}", "replication.publication",
+                     id="repl-publication-space"),
+        pytest.param("replication: {publication: \"p'; drop\"}", "replication.publication",
+                     id="repl-publication-quote"),
+        pytest.param("replication: {tables: users}", "replication.tables", id="repl-tables-str"),
+        pytest.param("replication: {tables: [s.users]}", "replication.tables",
+                     id="repl-tables-qualified"),
+        pytest.param("replication: {tables: [1]}", "replication.tables", id="repl-tables-num"),
+        pytest.param("replication: {tables: ['']}", "replication.tables", id="repl-tables-empty"),
+        pytest.param("replication: {tables: ['a; drop table b']}", "replication.tables",
+                     id="repl-tables-sql"),
+        pytest.param("replication: {tables: ['a\"b']}", "replication.tables",
+                     id="repl-tables-quote"),
+        pytest.param("replication: {tables: [1abc]}", "replication.tables",
+                     id="repl-tables-digit-first"),
+        pytest.param("replication: {tables: [" + "t" * 64 + "]}", "replication.tables",
+                     id="repl-tables-too-long"),
+        pytest.param("replication: {create_if_missing: 1}", "replication.create_if_missing",
+                     id="repl-create-number"),
+        pytest.param("replication: {failover_seconds: 0}", "replication.failover_seconds",
+                     id="repl-failover-0"),
+        pytest.param("replication: {failover_seconds: -1}", "replication.failover_seconds",
+                     id="repl-failover-negative"),
+        pytest.param("replication: {failover_seconds: soon}", "replication.failover_seconds",
+                     id="repl-failover-text"),
+        pytest.param("replication: {failover_seconds: .nan}", "replication.failover_seconds",
+                     id="repl-failover-nan"),
         pytest.param("cache: {default_ttl: 5}\ncache: {enabled: true}", "cache", id="twice"),
         pytest.param("cache:\n  ttl: {a: 1, a: 2}\n", "a", id="twice-nested"),
     ],
@@ -170,11 +206,40 @@ def test_bad_values_name_their_key(text: str, key: str) -> None:
 
 @pytest.mark.parametrize(
     "section",
-    ["upstream", "tls", "redis", "cache", "catalog", "events", "metrics", "log", "limits"],
+    ["upstream", "tls", "redis", "cache", "catalog", "events", "metrics", "log", "limits",
+     "replication"],
 )
 def test_unknown_keys_are_refused_in_every_section(section: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{section}\.nope: unknown key"):
         load(f"{section}: {{nope: 1}}", {}, {})
+
+
+def test_replication_values_are_parsed() -> None:
+    config = load(
+        "catalog: {user: pgreactive}\n"
+        "replication: {enabled: true, database: app, slot: s_1, publication: p_1,"
+        " tables: [orders, Line_Items], create_if_missing: false, failover_seconds: 2.5}\n",
+        {},
+        {},
+    )
+    r = config.replication
+    assert (r.enabled, r.database, r.slot, r.publication) == (True, "app", "s_1", "p_1")
+    assert (r.tables, r.create_if_missing, r.failover_seconds) == (
+        ("orders", "Line_Items"), False, 2.5
+    )
+    default = load("replication: {tables: }", {}, {}).replication
+    assert (default.enabled, default.slot, default.tables, default.failover_seconds) == (
+        False, "pgreactive", (), 5.0
+    )
+
+
+def test_cli_bad_replication_key_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("catalog: {user: u}\nreplication: {enabled: true, database: d, slot: A-B}\n")
+    result = _run_cli("--config", str(bad))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "replication.slot: " in line, result.stderr
 
 
 def test_null_values_mean_the_default() -> None:
