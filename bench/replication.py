@@ -1,9 +1,11 @@
 """Writes that bypass the proxy, seen through the replication stream (issue 12): not a test.
 
-1. ``visible``: per kind (UPDATE, DELETE, TRUNCATE), N trials of "cache a read through the
-   proxy (until it is a hit), write directly on Postgres (autocommit), read through the proxy
-   until it shows the write"; the time from the write's return to the first read that shows
-   it, p50/p99/max (acceptance 1: p99 <= 100 ms over 1,000 trials).
+1. ``visible``: per kind of the replication test (UPDATE, INSERT, DELETE, TRUNCATE, a
+   trigger-written table, a cascade delete, a partition read through its parent), N trials
+   of "cache a read through the proxy (until it is a hit), write directly on Postgres
+   (autocommit), read through the proxy until it shows the write"; the time from the write's
+   return to the first read that shows it, p50/p99/max (acceptance 1: p99 <= 100 ms over
+   1,000 trials).
 2. ``load``: direct single-row UPDATEs paced at RATE per second for SECONDS (two writer
    threads); the reader's lag per transaction (commit on Postgres to invalidation done, from
    its `pgreactive_replication_lag_seconds` histogram, so quantiles are bucket bounds, and
@@ -25,33 +27,14 @@ import argparse
 import statistics
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
 from tests.conftest import ProxyProcess, scrape
-from tests.integration.cache_env import decisions
 from tests.integration.cluster import Cluster
 from tests.integration.logical import direct, logical_cluster, replicating_proxy, wait_streaming
 from tests.integration.test_cache_hits import throwaway_redis
-
-SETUP = """
-create table items (id int primary key, v text);
-insert into items select g, 'v' from generate_series(1, 1000) g;
-create table dels (id int primary key, v text);
-create table trunc (id int primary key, v text);
-"""
-# kind: (read, prepare before caching the read, the direct write, the value it leads to)
-KINDS: dict[str, tuple[str, str, str, Callable[[int], str]]] = {
-    "UPDATE": ("select v from items where id = 1", "",
-               "update items set v = 'u{i}' where id = 1", lambda i: f"u{i}"),
-    "DELETE": ("select count(*)::text from dels", "insert into dels values (1, 'x')",
-               "delete from dels where id = 1", lambda i: "0"),
-    "TRUNCATE": ("select count(*)::text from trunc", "insert into trunc values (1, 'x')",
-                 "truncate trunc", lambda i: "0"),
-}  # fmt: skip
-GUARD = 10.0
+from tests.integration.test_replication import KINDS, SETUP, visible_after
 
 
 def _ms(values: list[float]) -> str:
@@ -63,42 +46,13 @@ def _ms(values: list[float]) -> str:
     )
 
 
-def _value(conn: psycopg.Connection[Any], sql: str) -> Any:
-    row = conn.execute(sql).fetchone()
-    return None if row is None else row[0]
-
-
-def _cache(proxy: ProxyProcess, conn: psycopg.Connection[Any], sql: str, expected: Any) -> None:
-    """Read `sql` through the proxy until a read is a hit of `expected`."""
-    deadline = time.monotonic() + GUARD
-    while True:
-        before = scrape(proxy)
-        value = _value(conn, sql)
-        if value == expected and decisions(before, scrape(proxy)) == ["hit"]:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{sql!r} never hit {expected!r} (got {value!r})")
-
-
 def visible(cluster: Cluster, proxy: ProxyProcess, trials: int) -> None:
-    with (
-        psycopg.connect(proxy.dsn(dbname="postgres"), autocommit=True,
-                        prepare_threshold=None) as conn,
-        direct(cluster) as admin,
-    ):  # fmt: skip
-        for kind, (read, prepare, write, after) in KINDS.items():
-            delays: list[float] = []
-            for i in range(trials):
-                if prepare:
-                    admin.execute(prepare)
-                _cache(proxy, conn, read, _value(admin, read))
-                admin.execute(write.format(i=i))
-                committed = time.perf_counter()
-                expected = after(i)
-                while _value(conn, read) != expected:
-                    if time.perf_counter() - committed > GUARD:
-                        raise SystemExit(f"{kind}: trial {i} not visible after {GUARD} s")
-                delays.append(time.perf_counter() - committed)
+    """Each kind of direct write of the replication test (tests/integration/
+    test_replication.py), `trials` times, timed as the test times them."""
+    with psycopg.connect(proxy.dsn(dbname="postgres"), autocommit=True,
+                         prepare_threshold=None) as conn:  # fmt: skip
+        for kind, spec in KINDS.items():
+            delays = [visible_after(proxy, cluster, spec, i, conn) for i in range(trials)]
             print(f"visible {kind}: {_ms(delays)} over {trials} trials", flush=True)
 
 
@@ -149,7 +103,7 @@ def load(cluster: Cluster, reader: ProxyProcess, rate: int, seconds: int) -> Non
                 due = started + i / rate
                 if (ahead := due - time.monotonic()) > 0:
                     time.sleep(ahead)
-                conn.execute("update items set v = %s where id = %s", (str(i), i % 1000 + 1))
+                conn.execute("update items set v = %s where id = %s", (str(i), i % 2 + 1))
                 done[n] += 1
                 i += writers
 

@@ -13,7 +13,8 @@ of the module's own, and two caching proxies following the stream.  Writes are m
 
 The latency bound of acceptance 1 (p99 ≤ 100 ms over 1,000 trials) is measured by
 ``bench/replication.py`` (bench/RESULTS.md).  Here, with fewer trials on a shared noisy
-machine, the test asserts p99 ≤ 250 ms: the issue's bound with a generous margin.
+machine, the test asserts that every write becomes visible (within a 10 s guard) and prints
+the latencies: never a wall-clock bound in a pass/fail test.
 """
 
 from __future__ import annotations
@@ -184,8 +185,11 @@ def test_direct_write_becomes_visible(
         f"{name}: p50 {statistics.median(delays) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms,"
         f" max {delays[-1] * 1000:.1f} ms over {len(delays)}"
     )
+    # Every trial became visible within GUARD (asserted in `visible_after`), and no read
+    # between the write and then returned anything but the old value.  The latency bound of
+    # acceptance 1 (p99 <= 100 ms over 1,000 trials) is measured by bench/replication.py:
+    # a pass/fail test on a shared 2-core machine must not assert on wall-clock time.
     print(summary)
-    assert p99 <= 0.25, summary
 
 
 def test_scoped_direct_write_leaves_other_org_hitting(
