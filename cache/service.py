@@ -41,9 +41,9 @@ from cache.catalog import Catalog, CatalogCache, load_catalog
 from cache.keys import Namespace
 from cache.pgclient import PgClient
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
+from cache.shapes import ShapeStats
 from proxy.config import Config, events_channel, namespace
 from proxy.metrics import Latency, Stats
-from proxy.shapes import ShapeStats
 from proxy.tls import UpstreamTLS
 
 log = logging.getLogger("pgreactive.cache")

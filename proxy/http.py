@@ -2,7 +2,7 @@
 
 Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET only.
 `/readyz` answers 200 when a TCP connection to the upstream succeeds, else 503.
-`/stats` answers the per-query-shape counters (`proxy.shapes`) as JSON, most called first
+`/stats` answers the per-query-shape counters (`cache.shapes`) as JSON, most called first
 (``?sort=calls|hits|misses|bypass|latency|name`` and ``?limit=N`` change that):
 ``{"shapes": [{name, database, sql, calls, hits, misses, bypass, mean_latency_ms}, ...],
 "bound": N, "total": M}``, or ``{"shapes": [], "cache": "off"}`` when the cache is off.
@@ -23,8 +23,8 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cache.shapes import SORTS
 from proxy.config import Config
-from proxy.shapes import SORTS
 
 if TYPE_CHECKING:
     from cache.service import CacheService

@@ -19,7 +19,6 @@ PURE_MODULES = [
     "proxy/tracker.py",
     "proxy/config.py",
     "proxy/errors.py",
-    "proxy/shapes.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "redis", "uvloop", "selectors", "threading"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cache.planner import Bypass
-from proxy.shapes import BOUND, SQL_CHARS, ShapeStats, excerpt
+from cache.shapes import BOUND, SQL_CHARS, ShapeStats, excerpt
 from tests.proxy.test_purity import FORBIDDEN, imported_modules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ def by_name(stats: ShapeStats) -> dict[str, dict[str, object]]:
 
 
 def test_shapes_module_is_pure() -> None:
-    found = imported_modules((ROOT / "proxy/shapes.py").read_text()) & FORBIDDEN
+    found = imported_modules((ROOT / "cache/shapes.py").read_text()) & FORBIDDEN
     assert not found
 
 
