@@ -241,10 +241,10 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
 
 
 async def _register(cache: CacheService) -> asyncio.Task[None] | None:
-    """Register the namespace in Redis for the tools (`cache.registry`); when Redis is not
+    """Register the namespace in Redis for the tools (`proxy.registry`); when Redis is not
     there yet, a task retries until it is."""
-    from cache.registry import keep_registering, register
     from cache.store import RedisBackend
+    from proxy.registry import keep_registering, register
 
     backend = getattr(cache.backend, "inner", cache.backend)  # under a TimedBackend
     if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):

@@ -21,7 +21,7 @@ operation ``FLUSH`` and source ``pgreactive cache flush``.
 
 Keys are named by the server's namespace and its upstream *as the server spells it*, so the
 tool does not compute them from its own configuration: it takes them from the registration
-the server wrote into its Redis database at start (`cache.registry.choose`).  It needs only
+the server wrote into its Redis database at start (`proxy.registry.choose`).  It needs only
 the server's Redis (and ``--namespace`` when several deployments share that database).
 
 A flush that would match nothing fails instead of saying it worked: a table the catalog
@@ -48,7 +48,11 @@ from redis.exceptions import RedisError
 from cache.catalog import Catalog
 from cache.keys import Namespace, bare, global_epoch, write_generations
 from cache.planner import CachePolicy, WritePlan
-from cache.registry import (
+from cache.service import CacheService
+from cache.store import RedisBackend
+from proxy.config import Config, ConfigError, events_channel, namespace
+from proxy.metrics import Stats
+from proxy.registry import (
     NotRegistered,
     Registration,
     adopt,
@@ -56,10 +60,6 @@ from cache.registry import (
     choose,
     registrations,
 )
-from cache.service import CacheService
-from cache.store import RedisBackend
-from proxy.config import Config, ConfigError, events_channel, namespace
-from proxy.metrics import Stats
 from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive cache flush"
