@@ -1,4 +1,4 @@
-"""`TimedBackend` observes one round trip per lookup, fill, bump and publish, and changes
+"""`TimedBackend` observes one round trip per lookup, fill, bump, mark and publish, and changes
 nothing about their outcomes (pgreactive_redis_duration_seconds)."""
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ async def test_each_operation_is_observed_once_and_passed_through() -> None:
     assert looked is not None and not looked.hit
     assert await backend.fill("e", ["g"], looked.gens, b"blob", 1000)
     assert await backend.bump(["g"])
+    assert await backend.mark(["g"], "token", 1000)
     assert await backend.publish("ch", event_template({"type": "invalidation"}), 10)
     answers: list[Lookup | None] = []
     assert backend.lookup_now("e", ["g"], answers.append)
     assert answers == [Lookup("1", None)]
     assert {op: len(times) for op, times in seen.items()} == {
-        "lookup": 2, "fill": 1, "bump": 1, "publish": 1,
+        "lookup": 2, "fill": 1, "bump": 1, "mark": 1, "publish": 1,
     }  # fmt: skip
     assert all(t >= 0 for times in seen.values() for t in times)
     await backend.close()
