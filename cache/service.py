@@ -37,14 +37,12 @@ from typing import Any
 from analyzer import AnalyzerOptions, StatementAnalysis, analyze
 from cache import entry
 from cache.backend import Backend, Lookup, event_template
-from cache.catalog import Catalog, CatalogCache, load_catalog
+from cache.catalog import Catalog, CatalogCache, CatalogConnection, CatalogSource, load_catalog
 from cache.keys import Namespace
-from cache.pgclient import PgClient
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
 from cache.shapes import ShapeStats
 from proxy.config import Config, events_channel, namespace
 from proxy.metrics import Latency, Stats
-from proxy.tls import UpstreamTLS
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -105,22 +103,25 @@ class CacheService:
     """Process-wide cache state and the operations sessions call."""
 
     def __init__(
-        self, config: Config, backend: Backend, stats: Stats, latency: Latency | None = None
+        self,
+        config: Config,
+        backend: Backend,
+        stats: Stats,
+        latency: Latency | None = None,
+        catalog_source: CatalogSource | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.stats = stats
         self.latency = latency or Latency(None)
         self.shapes = ShapeStats()  # per-query-shape counters behind /stats
-        catalog = config.catalog
         self.catalogs: CatalogCache | None = None
-        self.upstream_tls: UpstreamTLS | None = None  # catalog connections: as the sessions'
-        if catalog.user:
-            self.upstream_tls = UpstreamTLS.from_config(config.upstream)
+        self._catalog_source = catalog_source  # None: no catalog login (`catalog.user`)
+        if catalog_source is not None:
             self.catalogs = CatalogCache(
                 self._connect_catalog,
                 loader=self._load_catalog,
-                max_age=catalog.max_age or None,
+                max_age=config.catalog.max_age or None,
             )
         self.policy = _policy(config, tuple(config.cache.scope_columns), self.catalogs is not None)
         upstream = config.upstream
@@ -148,21 +149,13 @@ class CacheService:
             await self.catalogs.aclose()
         await self.backend.close()
 
-    async def _connect_catalog(self, database: str) -> PgClient:
-        upstream, catalog = self.config.upstream, self.config.catalog
-        client = await PgClient.connect(
-            upstream.host,
-            upstream.port,
-            catalog.user,
-            database,
-            password=catalog.password or None,
-            timeout=upstream.connect_timeout,
-            tls=self.upstream_tls,
-        )
+    async def _connect_catalog(self, database: str) -> CatalogConnection:
+        assert self._catalog_source is not None
+        client = await self._catalog_source.connect(database)
         self._client_db[id(client)] = database
         return client
 
-    async def _load_catalog(self, client: PgClient) -> Catalog:
+    async def _load_catalog(self, client: CatalogConnection) -> Catalog:
         """Load a catalog, noting the database's `ddl` counter read just before: when the
         counter has moved (DDL through any instance), this catalog is out of date."""
         database = self._client_db.get(id(client), "")

@@ -270,6 +270,7 @@ def _cache_service(
     from cache.service import CacheService
     from cache.store import RedisBackend
     from cache.timing import TimedBackend
+    from proxy.pgclient import CatalogLogin
 
     backend: Backend
     epoch = global_epoch(namespace(config))
@@ -287,7 +288,7 @@ def _cache_service(
             "no Redis configured: in-memory cache for this process only"
         )
         backend = MemoryBackend(epoch_key=epoch)
-    return CacheService(config, backend, stats, latency)
+    return CacheService(config, backend, stats, latency, CatalogLogin.from_config(config))
 
 
 def main(argv: list[str] | None = None) -> int:

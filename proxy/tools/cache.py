@@ -52,6 +52,7 @@ from cache.service import CacheService
 from cache.store import RedisBackend
 from proxy.config import Config, ConfigError, events_channel, namespace
 from proxy.metrics import Stats
+from proxy.pgclient import CatalogLogin
 from proxy.registry import (
     NotRegistered,
     Registration,
@@ -190,7 +191,8 @@ async def flush(
         op_timeout=_REDIS_TIMEOUT,
         connect_timeout=_REDIS_TIMEOUT,
     )
-    service = CacheService(config, backend, Stats())
+    login = CatalogLogin.from_config(config)
+    service = CacheService(config, backend, Stats(), catalog_source=login)
     plans: list[WritePlan] = []
     try:
         await service.start()
