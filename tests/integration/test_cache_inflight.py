@@ -22,7 +22,6 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
-from cache.keys import Namespace
 from tests.conftest import (
     CACHE_REDIS_DB,
     PG_DB,
@@ -30,6 +29,7 @@ from tests.conftest import (
     PG_PORT,
     ProxyProcess,
     dsn,
+    key_namespace,
     start_caching_proxy,
 )
 
@@ -70,7 +70,7 @@ def proxy(table: str) -> Iterator[ProxyProcess]:
 
 async def _marks(client: aioredis.Redis) -> int:
     """In-flight marks in the sets of this test's database."""
-    ns = Namespace.of(f"{PG_HOST}:{PG_PORT}", PG_DB)
+    ns = key_namespace(PG_DB)
     pattern = "inflight:" + ns.prefix.replace("[", "\\[") + "*"
     count = 0
     async for key in client.scan_iter(match=pattern):
