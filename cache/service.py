@@ -18,6 +18,11 @@ the configuration, and offers sessions four things:
   precede the writer's ReadyForQuery).
 
 The backend never raises and fails open; this module never fails a query either.
+
+Layering: the service sees the configuration as a `CacheSettings` value, counts through
+the `CacheCounters` port and reads catalogs through a `cache.catalog.CatalogSource`; the
+proxy provides all three (`proxy.config.cache_settings`, `proxy.metrics.Stats`,
+`proxy.pgclient.CatalogLogin`), so nothing here imports `proxy/`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from analyzer import AnalyzerOptions, StatementAnalysis, analyze
 from cache import entry
@@ -40,9 +45,8 @@ from cache.backend import Backend, Lookup, event_template
 from cache.catalog import Catalog, CatalogCache, CatalogConnection, CatalogSource, load_catalog
 from cache.keys import Namespace
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
+from cache.settings import CacheSettings
 from cache.shapes import ShapeStats
-from proxy.config import Config, events_channel, namespace
-from proxy.metrics import Latency, Stats
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -80,14 +84,29 @@ class DatabaseContext:
     options: AnalyzerOptions
 
 
-def _policy(config: Config, scope_columns: tuple[str, ...], use_catalog: bool) -> CachePolicy:
-    cache = config.cache
+class CacheCounters(Protocol):
+    """What the service counts (`proxy.metrics.Stats` implements it, for /metrics)."""
+
+    def fill_stored(self) -> None: ...
+
+    def fill_refused(self) -> None: ...
+
+    def invalidated(self, database: str, whole_database: bool) -> None: ...
+
+    def invalidation_failed(self) -> None: ...
+
+    def event_published(self) -> None: ...
+
+
+def _policy(
+    settings: CacheSettings, scope_columns: tuple[str, ...], use_catalog: bool
+) -> CachePolicy:
     return CachePolicy(
-        default_ttl=cache.default_ttl,
-        ttl=dict(cache.ttl),
-        exclude=frozenset(cache.exclude),
+        default_ttl=settings.default_ttl,
+        ttl=dict(settings.ttl),
+        exclude=settings.exclude,
         scope_columns=scope_columns,
-        relations=dict(config.relations),
+        relations=dict(settings.relations),
         use_catalog=use_catalog,
     )
 
@@ -104,16 +123,14 @@ class CacheService:
 
     def __init__(
         self,
-        config: Config,
+        settings: CacheSettings,
         backend: Backend,
-        stats: Stats,
-        latency: Latency | None = None,
+        counters: CacheCounters,
         catalog_source: CatalogSource | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.backend = backend
-        self.stats = stats
-        self.latency = latency or Latency(None)
+        self.counters = counters
         self.shapes = ShapeStats()  # per-query-shape counters behind /stats
         self.catalogs: CatalogCache | None = None
         self._catalog_source = catalog_source  # None: no catalog login (`catalog.user`)
@@ -121,13 +138,12 @@ class CacheService:
             self.catalogs = CatalogCache(
                 self._connect_catalog,
                 loader=self._load_catalog,
-                max_age=config.catalog.max_age or None,
+                max_age=settings.catalog_max_age,
             )
-        self.policy = _policy(config, tuple(config.cache.scope_columns), self.catalogs is not None)
-        upstream = config.upstream
-        self.upstream_id = f"{upstream.host}:{upstream.port}"
-        self.root = namespace(config)  # every key, the channel and the stream start with it
-        self.source = config.events.source or f"{socket.gethostname()}:{config.listen.port}"
+        self.policy = _policy(settings, settings.scope_columns, self.catalogs is not None)
+        self.upstream_id = settings.upstream_id
+        self.root = settings.root  # every key, the channel and the stream start with it
+        self.source = settings.source or f"{socket.gethostname()}:{settings.instance_port}"
         self._namespaces: dict[str, Namespace] = {}
         self._options: dict[tuple[str, int], AnalyzerOptions] = {}
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
@@ -194,7 +210,7 @@ class CacheService:
         if ns is None:
             ns = self._namespaces[database] = Namespace.of(self.upstream_id, database, self.root)
         catalog = self.catalogs.get(database) if self.catalogs is not None else None
-        scope = frozenset(self.config.cache.scope_columns)
+        scope = frozenset(self.settings.scope_columns)
         if catalog is None:
             options = self._options.get((database, 0))
             if options is None:
@@ -233,14 +249,14 @@ class CacheService:
         self._plans[memo_key] = (analysis, context.catalog, self.policy, context.namespace, plan)
         return plan
 
-    def reload(self, config: Config) -> None:
-        """SIGHUP: run with `config` from now on (the caller, `proxy.config.plan_reload`,
+    def reload(self, settings: CacheSettings) -> None:
+        """SIGHUP: run with `settings` from now on (the caller, `proxy.config.plan_reload`,
         changes only settings that may change live: TTLs, exclusions, relations, result
         size).  The policy is a new object, never a mutated one: `plan_read` reuses a plan
         only for the very policy it was made with, so no plan of the old one survives.
         Scope columns and catalog use stay as they were (they need a restart)."""
-        self.config = config
-        self.policy = _policy(config, self.policy.scope_columns, self.policy.use_catalog)
+        self.settings = settings
+        self.policy = _policy(settings, self.policy.scope_columns, self.policy.use_catalog)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -330,7 +346,7 @@ class CacheService:
             if waiting is not None and not waiting.done():
                 waiting.set_result(body if stored else None)
         if stored:
-            self.stats.fills_stored += 1
+            self.counters.fill_stored()
             if shape:
                 for table in tables:
                     shapes = self._shapes.setdefault((database, table), OrderedDict())
@@ -339,7 +355,7 @@ class CacheService:
                     while len(shapes) > _SHAPES_PER_TABLE:
                         shapes.popitem(last=False)
         else:
-            self.stats.fills_refused += 1
+            self.counters.fill_refused()
 
     def _release(self, entry_key: str, body: bytes | None) -> None:
         future = self._inflight.pop(entry_key, None)
@@ -356,7 +372,7 @@ class CacheService:
         """
         self._marks += 1
         token = f"{self._mark_prefix}-{self._marks}"
-        ttl_ms = int(self.config.cache.inflight_ttl * 1000)
+        ttl_ms = int(self.settings.inflight_ttl * 1000)
         await self.backend.mark(sorted(keys), token, ttl_ms)
         return Marked((token,), frozenset(keys))
 
@@ -399,11 +415,11 @@ class CacheService:
             if ddl is None or any(self._catalog_ddl.get(p.catalog_id) != ddl for p in plans):
                 ok = await self.backend.bump([ns.epoch])
                 self.catalogs.invalidate(database)
-        self.stats.invalidated(database, any(p.whole_database for p in plans))
+        self.counters.invalidated(database, any(p.whole_database for p in plans))
         if self.catalogs is not None and any(p.catalog_changed for p in plans):
             self.catalogs.invalidate(database)  # DDL (or code that may run it): reload
         if not ok:
-            self.stats.invalidation_failures += 1
+            self.counters.invalidation_failed()
             log.warning("invalidation of %s could not be written; cache paused", database)
             return False
         # The events go out after the bump and before the writer learns of its commit, so a
@@ -412,7 +428,7 @@ class CacheService:
         return True
 
     async def _publish(self, database: str, plans: Sequence[WritePlan], source: str) -> None:
-        events = self.config.events
+        settings = self.settings
         groups: dict[str, list[WritePlan]] = {}
         for plan in plans:
             groups.setdefault(plan.table, []).append(plan)
@@ -433,16 +449,16 @@ class CacheService:
                     "operation": group[0].operation,
                     "organizationId": scopes.pop() if len(scopes) == 1 else None,
                     "affectedQueries": list(affected),
-                    "requiresAck": events.requires_ack,
+                    "requiresAck": settings.requires_ack,
                     "source": self.source if source == "proxy" else source,
                     "database": database,
                 }
             )
-            channel = events_channel(self.config)
-            event_id = await self.backend.publish(channel, payload, events.stream_maxlen)
+            channel = settings.channel
+            event_id = await self.backend.publish(channel, payload, settings.stream_maxlen)
             if event_id:
-                self.stats.events_published += 1
-                if self.config.redis_url is None:  # in-process only: make events visible
+                self.counters.event_published()
+                if settings.in_process:  # in-process only: make events visible
                     log.info("event %s on %s: table %s", event_id, channel, table)
 
     async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:

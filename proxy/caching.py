@@ -408,7 +408,7 @@ class SessionCache:
         catalogs = self.service.catalogs
         assert catalogs is not None
         try:
-            async with asyncio.timeout(self.service.config.upstream.connect_timeout):
+            async with asyncio.timeout(self.service.settings.catalog_wait):
                 await catalogs.load(self.session.database)
         except TimeoutError:
             pass
@@ -454,7 +454,7 @@ class SessionCache:
 
     def _bypassed(self, analysis: Analysis, reason: str) -> None:
         """Count a read that was forwarded, in the metric and under its shape."""
-        self.service.stats.bypassed(reason)
+        self.session.server.stats.bypassed(reason)
         self.service.shapes.bypassed(
             shape_name(analysis), analysis.sql, reason, self.session.database
         )
@@ -614,6 +614,7 @@ class SessionCache:
         done = False
         service = self.service
         session = self.session
+        server = session.server
         try:
             if session.client is None:
                 if isinstance(result, Lookup) and not result.hit:
@@ -638,21 +639,21 @@ class SessionCache:
                 body = entry.decode(result.blob)
             if body is not None:
                 self._answer(request, body, messages[-1])
-                service.stats.hits += 1
+                server.stats.hits += 1
                 elapsed = time.perf_counter() - started
-                service.latency.hit(elapsed)
+                server.latency.hit(elapsed)
                 service.shapes.hit(
                     shape_name(analysis), analysis.sql, elapsed, session.database
                 )
             else:
                 capture = None
                 if isinstance(result, Lookup):
-                    service.stats.misses += 1
+                    server.stats.misses += 1
                     shape = analysis.query_name or analysis.fingerprint
                     service.shapes.miss(shape or _UNPARSED, analysis.sql, session.database)
                     capture = Capture(
                         key, plan, result.gens, session.database, shape, started,
-                        service.config.cache.max_result_bytes,
+                        service.settings.max_result_bytes,
                     )
                 else:
                     self._bypassed(analysis, Bypass.CACHE_UNAVAILABLE)
@@ -775,11 +776,11 @@ class SessionCache:
                     capture.plan.ttl_ms, capture.database, capture.plan.tables, capture.shape,
                 )
                 elapsed = time.perf_counter() - capture.started
-                self.service.latency.miss(elapsed)
+                self.session.server.latency.miss(elapsed)
                 if capture.shape is not None:
                     self.service.shapes.miss_latency(capture.shape, elapsed, capture.database)
             else:
-                self.service.stats.fills_abandoned += 1
+                self.session.server.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)
         self.captures.clear()
         self._decode_all_if_needed()

@@ -24,8 +24,16 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from proxy import tls
-from proxy.config import Config, ConfigError, load, namespace, plan_reload, read_config_file
-from proxy.metrics import Histograms, version
+from proxy.config import (
+    Config,
+    ConfigError,
+    cache_settings,
+    load,
+    namespace,
+    plan_reload,
+    read_config_file,
+)
+from proxy.metrics import Histograms, Stats, version
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -175,7 +183,7 @@ class Reloader:
         self.server.config = plan.config
         self.server.reload_tls()
         if self.cache is not None:
-            self.cache.reload(plan.config)
+            self.cache.reload(cache_settings(plan.config))
         for key in plan.restart:
             log.warning("config reload: %s changed, but that needs a restart; not applied", key)
         changed = f"changed {', '.join(plan.applied)}" if plan.applied else "no changes"
@@ -203,11 +211,11 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     registering = None
     if config.cache.enabled:
         redis = redis_round_trips(registry) if config.redis_url else None
-        cache = _cache_service(config, stats, Latency(registry), redis)
+        cache = _cache_service(config, stats, redis)
         await cache.start()
-        registering = await _register(cache)
+        registering = await _register(cache, config)
     connect = upstream_round_trips(registry).observers["connect"]
-    server = Server(config, cache, stats, connect)
+    server = Server(config, cache, stats, connect, Latency(registry))
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -240,16 +248,16 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         await cache.close()
 
 
-async def _register(cache: CacheService) -> asyncio.Task[None] | None:
+async def _register(cache: CacheService, config: Config) -> asyncio.Task[None] | None:
     """Register the namespace in Redis for the tools (`proxy.registry`); when Redis is not
     there yet, a task retries until it is."""
     from cache.store import RedisBackend
     from proxy.registry import keep_registering, register
 
     backend = getattr(cache.backend, "inner", cache.backend)  # under a TimedBackend
-    if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):
+    if not isinstance(backend, RedisBackend) or await register(backend.client, config):
         return None
-    return asyncio.get_running_loop().create_task(keep_registering(backend.client, cache.config))
+    return asyncio.get_running_loop().create_task(keep_registering(backend.client, config))
 
 
 async def _listen(start: Awaitable[None], what: str) -> None:
@@ -262,7 +270,7 @@ async def _listen(start: Awaitable[None], what: str) -> None:
 
 
 def _cache_service(
-    config: Config, stats: Any, latency: Any, round_trips: Histograms | None
+    config: Config, stats: Stats, round_trips: Histograms | None
 ) -> CacheService:
     from cache.backend import Backend
     from cache.keys import global_epoch
@@ -288,7 +296,7 @@ def _cache_service(
             "no Redis configured: in-memory cache for this process only"
         )
         backend = MemoryBackend(epoch_key=epoch)
-    return CacheService(config, backend, stats, latency, CatalogLogin.from_config(config))
+    return CacheService(cache_settings(config), backend, stats, CatalogLogin.from_config(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ from cache.keys import Namespace, bare, global_epoch, write_generations
 from cache.planner import CachePolicy, WritePlan
 from cache.service import CacheService
 from cache.store import RedisBackend
-from proxy.config import Config, ConfigError, events_channel, namespace
+from proxy.config import Config, ConfigError, cache_settings, events_channel, namespace
 from proxy.metrics import Stats
 from proxy.pgclient import CatalogLogin
 from proxy.registry import (
@@ -192,7 +192,8 @@ async def flush(
         connect_timeout=_REDIS_TIMEOUT,
     )
     login = CatalogLogin.from_config(config)
-    service = CacheService(config, backend, Stats(), catalog_source=login)
+    stats = Stats()
+    service = CacheService(cache_settings(config), backend, stats, catalog_source=login)
     plans: list[WritePlan] = []
     try:
         await service.start()
@@ -212,7 +213,7 @@ async def flush(
     finally:
         await service.close()  # waits for the events to be published
         logging.getLogger().removeHandler(warnings)
-    published = service.stats.events_published
+    published = stats.events_published
     channel = events_channel(config)
     if published == len(plans):
         print(f"published {published} event{'s' * (published != 1)} on {channel}")
