@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
 from cache import entry
 from cache.backend import Lookup
+from cache.eligibility import CACHED_ENCODING, SessionFacts, bypass, relayed_read_reason
 from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
 from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
 from cache.service import CacheService, DatabaseContext, Marked
@@ -434,10 +435,8 @@ class SessionCache:
         if not sql:
             return
         analysis = analyze(sql, options=self._options(self._context()))
-        if analysis.kind is Kind.SELECT:
-            reason = self._eligible() or Bypass.REQUEST_SHAPE
-            if reason is Bypass.REQUEST_SHAPE and not analysis.cacheable:
-                reason = str(analysis.reason)
+        reason = relayed_read_reason(analysis, self._facts())
+        if reason is not None:
             self._bypassed(analysis, reason)
 
     def _plan(
@@ -1072,23 +1071,25 @@ class SessionCache:
     # --- session facts -----------------------------------------------------------------
 
     def _eligible(self) -> str | None:
-        """None if a read may use the cache now, else the bypass reason."""
+        """None if a read may use the cache now, else the bypass reason (`eligibility`)."""
+        return bypass(self._facts())
+
+    def _facts(self) -> SessionFacts:
+        """What `cache.eligibility` needs to know of this session now."""
         session = self.session
         tracker = session.tracker
-        # An unavailable backend is not a reason here: the lookup itself answers at once
-        # while the breaker is open, and is what probes (and heals) Redis once it has
-        # cooled, so a read-only workload gets its cache back without any write.
-        if tracker.status is not TxnStatus.IDLE:
-            return Bypass.IN_TRANSACTION
-        if not tracker.idle() or tracker.skipping or self.captures or self.executed:
-            return Bypass.REQUEST_SHAPE
-        if session.invalidating:
-            return Bypass.REQUEST_SHAPE  # a commit's invalidation runs: replies wait behind it
-        if self.unknown or self.reread is not None:
-            return Bypass.SESSION_STATE_UNKNOWN
-        if self.temporary or session.parameters.get("client_encoding", "UTF8") != "UTF8":
-            return Bypass.SESSION_STATE
-        return None
+        return SessionFacts(
+            in_transaction=tracker.status is not TxnStatus.IDLE,
+            awaiting_replies=not tracker.idle(),
+            skipping=tracker.skipping,
+            capturing=bool(self.captures),
+            executed=self.executed,
+            invalidating=session.invalidating,
+            state_unknown=self.unknown,
+            rereading=self.reread is not None,
+            temporary=self.temporary,
+            client_encoding=session.parameters.get("client_encoding", CACHED_ENCODING),
+        )
 
     def _context(self) -> DatabaseContext:
         return self.service.context(self.session.database)

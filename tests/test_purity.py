@@ -25,6 +25,7 @@ PURE = sorted(
         "proxy.framing",
         "proxy.state",
         "proxy.tracker",
+        "cache.eligibility",
         "cache.entry",
         "cache.keys",
         "cache.planner",
