@@ -36,6 +36,12 @@ ancestors too (row triggers on a partitioned table are cloned to its partitions)
 
 `CatalogCache` keeps one `Catalog` per database, loads it in the background on first use
 (single flight), never blocks `get`, and discards a load that raced with `invalidate`.
+
+The port.  This module asks its questions through `CatalogConnection` ("run this simple
+Query on the database you are connected to") and opens connections through a
+`CatalogSource`; the proxy implements both with its own client (`proxy.pgclient`), so the
+cache layer knows no protocol and imports nothing from `proxy/`.  `PgError`, `Result` and
+`Row` are the port's vocabulary: what an answer and a failure look like.
 """
 
 from __future__ import annotations
@@ -46,11 +52,62 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-
-from cache.pgclient import PgClient, PgError
-from proxy.codec import TxnStatus
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+# --- the port: what the catalog needs from a Postgres connection ------------------------
+
+Row = tuple[str | None, ...]
+
+
+class PgError(Exception):
+    """An error reported by the server (ErrorResponse) or detected by the client."""
+
+    def __init__(self, sqlstate: str, message: str, fields: Mapping[str, str] | None = None):
+        super().__init__(f"{sqlstate}: {message}")
+        self.sqlstate = sqlstate
+        self.message = message
+        self.fields: Mapping[str, str] = dict(fields or {})
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> PgError:
+        return cls(fields.get("C", "XX000"), fields.get("M", "unknown error"), fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One statement's outcome within a simple Query: its command tag and rows (text)."""
+
+    tag: str
+    rows: tuple[Row, ...]
+
+
+class CatalogConnection(Protocol):
+    """One connection to one database that runs simple Queries (`proxy.pgclient.PgClient`).
+
+    `execute` and `query` raise `PgError`; after a failure that left the connection in an
+    unknown state `closed` is True.
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    async def execute(self, sql: str) -> list[Result]: ...
+
+    async def query(self, sql: str) -> list[Row]: ...
+
+    async def close(self) -> None: ...
+
+
+class CatalogSource(Protocol):
+    """Opens catalog connections (`proxy.pgclient.CatalogLogin`): raises `PgError`."""
+
+    async def connect(self, database: str) -> CatalogConnection: ...
+
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -393,7 +450,9 @@ VolatilityLookup = Callable[[str], str | None]
 ViewCheck = Callable[[str, VolatilityLookup], str | None]
 
 
-async def load_catalog(client: PgClient, view_check: ViewCheck | None = None) -> Catalog:
+async def load_catalog(
+    client: CatalogConnection, view_check: ViewCheck | None = None
+) -> Catalog:
     """Read the catalog of the database `client` is connected to (one round trip).
 
     `view_check(definition, function_volatility)` -- typically the analyzer run on
@@ -407,7 +466,7 @@ async def load_catalog(client: PgClient, view_check: ViewCheck | None = None) ->
     try:
         results = await client.execute(LOAD_SQL)
     except PgError:
-        if not client.closed and client.transaction_status != TxnStatus.IDLE:
+        if not client.closed and client.in_transaction:
             with contextlib.suppress(PgError):
                 await client.query("rollback")
         raise
@@ -469,8 +528,8 @@ async def load_catalog(client: PgClient, view_check: ViewCheck | None = None) ->
 
 # --- one catalog per database ----------------------------------------------------------
 
-Connect = Callable[[str], Awaitable[PgClient]]
-Loader = Callable[[PgClient], Awaitable[Catalog]]
+Connect = Callable[[str], Awaitable[CatalogConnection]]  # e.g. `CatalogSource.connect`
+Loader = Callable[[CatalogConnection], Awaitable[Catalog]]
 
 
 class CatalogCache:
@@ -503,7 +562,7 @@ class CatalogCache:
         self._generation: dict[str, int] = {}
         self._loading: dict[str, asyncio.Task[Catalog | None]] = {}
         self._failed_at: dict[str, float] = {}
-        self._clients: dict[str, PgClient] = {}
+        self._clients: dict[str, CatalogConnection] = {}
         self.loads = 0  # completed loads, for metrics and tests
 
     def get(self, database: str) -> Catalog | None:

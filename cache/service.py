@@ -18,6 +18,11 @@ the configuration, and offers sessions four things:
   precede the writer's ReadyForQuery).
 
 The backend never raises and fails open; this module never fails a query either.
+
+Layering: the service sees the configuration as a `CacheSettings` value, counts through
+the `CacheCounters` port and reads catalogs through a `cache.catalog.CatalogSource`; the
+proxy provides all three (`proxy.config.cache_settings`, `proxy.metrics.Stats`,
+`proxy.pgclient.CatalogLogin`), so nothing here imports `proxy/`.
 """
 
 from __future__ import annotations
@@ -32,24 +37,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from analyzer import AnalyzerOptions, StatementAnalysis, analyze
 from cache import entry
 from cache.backend import Backend, Lookup, event_template
-from cache.catalog import Catalog, CatalogCache, load_catalog
+from cache.catalog import Catalog, CatalogCache, CatalogConnection, CatalogSource, load_catalog
 from cache.keys import Namespace
-from cache.pgclient import PgClient
 from cache.pgoutput import format_lsn, unix_seconds
 from cache.planner import CachePolicy, ReadPlan, WritePlan, plan_read
-from proxy.config import Config, events_channel, namespace
-from proxy.metrics import Latency, Stats
-from proxy.shapes import ShapeStats
-from proxy.tls import UpstreamTLS
+from cache.settings import CacheSettings
+from cache.shapes import ShapeStats
 
 if TYPE_CHECKING:
     from cache.changes import Transaction
-    from cache.replication import Replication
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -87,14 +88,29 @@ class DatabaseContext:
     options: AnalyzerOptions
 
 
-def _policy(config: Config, scope_columns: tuple[str, ...], use_catalog: bool) -> CachePolicy:
-    cache = config.cache
+class CacheCounters(Protocol):
+    """What the service counts (`proxy.metrics.Stats` implements it, for /metrics)."""
+
+    def fill_stored(self) -> None: ...
+
+    def fill_refused(self) -> None: ...
+
+    def invalidated(self, database: str, whole_database: bool) -> None: ...
+
+    def invalidation_failed(self) -> None: ...
+
+    def event_published(self) -> None: ...
+
+
+def _policy(
+    settings: CacheSettings, scope_columns: tuple[str, ...], use_catalog: bool
+) -> CachePolicy:
     return CachePolicy(
-        default_ttl=cache.default_ttl,
-        ttl=dict(cache.ttl),
-        exclude=frozenset(cache.exclude),
+        default_ttl=settings.default_ttl,
+        ttl=dict(settings.ttl),
+        exclude=settings.exclude,
         scope_columns=scope_columns,
-        relations=dict(config.relations),
+        relations=dict(settings.relations),
         use_catalog=use_catalog,
     )
 
@@ -106,32 +122,43 @@ def _view_check(definition: str, volatility: object) -> str | None:
     return None if analysis.cacheable else str(analysis.reason)
 
 
+class StreamReader(Protocol):
+    """The replication reader the proxy attaches (`proxy.replication`), as the service
+    sees it: started and closed with the service, and the fence reads ask."""
+
+    def start(self) -> None: ...
+
+    def fresh(self, database: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
 class CacheService:
     """Process-wide cache state and the operations sessions call."""
 
     def __init__(
-        self, config: Config, backend: Backend, stats: Stats, latency: Latency | None = None
+        self,
+        settings: CacheSettings,
+        backend: Backend,
+        counters: CacheCounters,
+        catalog_source: CatalogSource | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.backend = backend
-        self.stats = stats
-        self.latency = latency or Latency(None)
+        self.counters = counters
         self.shapes = ShapeStats()  # per-query-shape counters behind /stats
-        catalog = config.catalog
         self.catalogs: CatalogCache | None = None
-        self.upstream_tls: UpstreamTLS | None = None  # catalog connections: as the sessions'
-        if catalog.user:
-            self.upstream_tls = UpstreamTLS.from_config(config.upstream)
+        self._catalog_source = catalog_source  # None: no catalog login (`catalog.user`)
+        if catalog_source is not None:
             self.catalogs = CatalogCache(
                 self._connect_catalog,
                 loader=self._load_catalog,
-                max_age=catalog.max_age or None,
+                max_age=settings.catalog_max_age,
             )
-        self.policy = _policy(config, tuple(config.cache.scope_columns), self.catalogs is not None)
-        upstream = config.upstream
-        self.upstream_id = f"{upstream.host}:{upstream.port}"
-        self.root = namespace(config)  # every key, the channel and the stream start with it
-        self.source = config.events.source or f"{socket.gethostname()}:{config.listen.port}"
+        self.policy = _policy(settings, settings.scope_columns, self.catalogs is not None)
+        self.upstream_id = settings.upstream_id
+        self.root = settings.root  # every key, the channel and the stream start with it
+        self.source = settings.source or f"{socket.gethostname()}:{settings.instance_port}"
         self._namespaces: dict[str, Namespace] = {}
         self._options: dict[tuple[str, int], AnalyzerOptions] = {}
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
@@ -142,14 +169,11 @@ class CacheService:
         self._plans: dict[tuple[int, tuple[str | None, ...]], _PlanMemo] = {}
         self._marks = 0
         self._mark_prefix = uuid.uuid4().hex[:12]  # tokens unique across instances
-        # Set by `cache.replication` once it knows the stream can be read (wal_level is
-        # logical): from then on events come from the stream only.
+        # The replication reader, when the proxy follows the stream (`proxy.replication`
+        # attaches it); it sets `replication_events` once the stream can be read (wal_level
+        # is logical): from then on events come from the stream only.
+        self.replication: StreamReader | None = None
         self.replication_events = False
-        self.replication: Replication | None = None
-        if config.replication.enabled and config.cache.enabled:
-            from cache.replication import Replication
-
-            self.replication = Replication(self)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -170,21 +194,13 @@ class CacheService:
             await self.catalogs.aclose()
         await self.backend.close()
 
-    async def _connect_catalog(self, database: str) -> PgClient:
-        upstream, catalog = self.config.upstream, self.config.catalog
-        client = await PgClient.connect(
-            upstream.host,
-            upstream.port,
-            catalog.user,
-            database,
-            password=catalog.password or None,
-            timeout=upstream.connect_timeout,
-            tls=self.upstream_tls,
-        )
+    async def _connect_catalog(self, database: str) -> CatalogConnection:
+        assert self._catalog_source is not None
+        client = await self._catalog_source.connect(database)
         self._client_db[id(client)] = database
         return client
 
-    async def _load_catalog(self, client: PgClient) -> Catalog:
+    async def _load_catalog(self, client: CatalogConnection) -> Catalog:
         """Load a catalog, noting the database's `ddl` counter read just before: when the
         counter has moved (DDL through any instance), this catalog is out of date."""
         database = self._client_db.get(id(client), "")
@@ -223,7 +239,7 @@ class CacheService:
         if ns is None:
             ns = self._namespaces[database] = Namespace.of(self.upstream_id, database, self.root)
         catalog = self.catalogs.get(database) if self.catalogs is not None else None
-        scope = frozenset(self.config.cache.scope_columns)
+        scope = frozenset(self.settings.scope_columns)
         if catalog is None:
             options = self._options.get((database, 0))
             if options is None:
@@ -262,14 +278,14 @@ class CacheService:
         self._plans[memo_key] = (analysis, context.catalog, self.policy, context.namespace, plan)
         return plan
 
-    def reload(self, config: Config) -> None:
-        """SIGHUP: run with `config` from now on (the caller, `proxy.config.plan_reload`,
+    def reload(self, settings: CacheSettings) -> None:
+        """SIGHUP: run with `settings` from now on (the caller, `proxy.config.plan_reload`,
         changes only settings that may change live: TTLs, exclusions, relations, result
         size).  The policy is a new object, never a mutated one: `plan_read` reuses a plan
         only for the very policy it was made with, so no plan of the old one survives.
         Scope columns and catalog use stay as they were (they need a restart)."""
-        self.config = config
-        self.policy = _policy(config, self.policy.scope_columns, self.policy.use_catalog)
+        self.settings = settings
+        self.policy = _policy(settings, self.policy.scope_columns, self.policy.use_catalog)
 
     # --- reads -----------------------------------------------------------------------
 
@@ -359,7 +375,7 @@ class CacheService:
             if waiting is not None and not waiting.done():
                 waiting.set_result(body if stored else None)
         if stored:
-            self.stats.fills_stored += 1
+            self.counters.fill_stored()
             if shape:
                 for table in tables:
                     shapes = self._shapes.setdefault((database, table), OrderedDict())
@@ -368,7 +384,7 @@ class CacheService:
                     while len(shapes) > _SHAPES_PER_TABLE:
                         shapes.popitem(last=False)
         else:
-            self.stats.fills_refused += 1
+            self.counters.fill_refused()
 
     def _release(self, entry_key: str, body: bytes | None) -> None:
         future = self._inflight.pop(entry_key, None)
@@ -385,7 +401,7 @@ class CacheService:
         """
         self._marks += 1
         token = f"{self._mark_prefix}-{self._marks}"
-        ttl_ms = int(self.config.cache.inflight_ttl * 1000)
+        ttl_ms = int(self.settings.inflight_ttl * 1000)
         await self.backend.mark(sorted(keys), token, ttl_ms)
         return Marked((token,), frozenset(keys))
 
@@ -432,11 +448,11 @@ class CacheService:
             if ddl is None or any(self._catalog_ddl.get(p.catalog_id) != ddl for p in plans):
                 ok = await self.backend.bump([ns.epoch])
                 self.catalogs.invalidate(database)
-        self.stats.invalidated(database, any(p.whole_database for p in plans))
+        self.counters.invalidated(database, any(p.whole_database for p in plans))
         if self.catalogs is not None and any(p.catalog_changed for p in plans):
             self.catalogs.invalidate(database)  # DDL (or code that may run it): reload
         if not ok:
-            self.stats.invalidation_failures += 1
+            self.counters.invalidation_failed()
             log.warning("invalidation of %s could not be written; cache paused", database)
             return False
         # The events go out after the bump and before the writer learns of its commit, so a
@@ -490,22 +506,22 @@ class CacheService:
             "operation": plans[0].operation,
             "organizationId": scopes.pop() if len(scopes) == 1 else None,
             "affectedQueries": list(affected),
-            "requiresAck": self.config.events.requires_ack,
+            "requiresAck": self.settings.requires_ack,
             "source": source,
             "database": database,
         }
 
     async def _send(self, fields: dict[str, object], once: tuple[str, str] | None = None) -> None:
-        events = self.config.events
+        settings = self.settings
         payload = event_template(fields)
-        channel = events_channel(self.config)
+        channel = settings.channel
         if once is None:
-            event_id = await self.backend.publish(channel, payload, events.stream_maxlen)
+            event_id = await self.backend.publish(channel, payload, settings.stream_maxlen)
         else:
-            event_id = await self.backend.publish(channel, payload, events.stream_maxlen, once)
+            event_id = await self.backend.publish(channel, payload, settings.stream_maxlen, once)
         if event_id:
-            self.stats.events_published += 1
-            if self.config.redis_url is None:  # in-process only: make events visible
+            self.counters.event_published()
+            if settings.in_process:  # in-process only: make events visible
                 log.info("event %s on %s: table %s", event_id, channel, fields["table"])
 
     async def save_prepared(self, database: str, gid: str, plans: Sequence[WritePlan]) -> bool:

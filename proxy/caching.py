@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
 from cache import entry
 from cache.backend import Lookup
+from cache.eligibility import CACHED_ENCODING, SessionFacts, bypass, relayed_read_reason
 from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
 from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
 from cache.service import CacheService, DatabaseContext, Marked
@@ -408,7 +409,7 @@ class SessionCache:
         catalogs = self.service.catalogs
         assert catalogs is not None
         try:
-            async with asyncio.timeout(self.service.config.upstream.connect_timeout):
+            async with asyncio.timeout(self.service.settings.catalog_wait):
                 await catalogs.load(self.session.database)
         except TimeoutError:
             pass
@@ -434,10 +435,8 @@ class SessionCache:
         if not sql:
             return
         analysis = analyze(sql, options=self._options(self._context()))
-        if analysis.kind is Kind.SELECT:
-            reason = self._eligible() or Bypass.REQUEST_SHAPE
-            if reason is Bypass.REQUEST_SHAPE and not analysis.cacheable:
-                reason = str(analysis.reason)
+        reason = relayed_read_reason(analysis, self._facts())
+        if reason is not None:
             self._bypassed(analysis, reason)
 
     def _plan(
@@ -454,7 +453,7 @@ class SessionCache:
 
     def _bypassed(self, analysis: Analysis, reason: str) -> None:
         """Count a read that was forwarded, in the metric and under its shape."""
-        self.service.stats.bypassed(reason)
+        self.session.server.stats.bypassed(reason)
         self.service.shapes.bypassed(
             shape_name(analysis), analysis.sql, reason, self.session.database
         )
@@ -614,6 +613,7 @@ class SessionCache:
         done = False
         service = self.service
         session = self.session
+        server = session.server
         try:
             if session.client is None:
                 if isinstance(result, Lookup) and not result.hit:
@@ -638,21 +638,21 @@ class SessionCache:
                 body = entry.decode(result.blob)
             if body is not None:
                 self._answer(request, body, messages[-1])
-                service.stats.hits += 1
+                server.stats.hits += 1
                 elapsed = time.perf_counter() - started
-                service.latency.hit(elapsed)
+                server.latency.hit(elapsed)
                 service.shapes.hit(
                     shape_name(analysis), analysis.sql, elapsed, session.database
                 )
             else:
                 capture = None
                 if isinstance(result, Lookup):
-                    service.stats.misses += 1
+                    server.stats.misses += 1
                     shape = analysis.query_name or analysis.fingerprint
                     service.shapes.miss(shape or _UNPARSED, analysis.sql, session.database)
                     capture = Capture(
                         key, plan, result.gens, session.database, shape, started,
-                        service.config.cache.max_result_bytes,
+                        service.settings.max_result_bytes,
                     )
                 else:
                     self._bypassed(analysis, Bypass.CACHE_UNAVAILABLE)
@@ -775,11 +775,11 @@ class SessionCache:
                     capture.plan.ttl_ms, capture.database, capture.plan.tables, capture.shape,
                 )
                 elapsed = time.perf_counter() - capture.started
-                self.service.latency.miss(elapsed)
+                self.session.server.latency.miss(elapsed)
                 if capture.shape is not None:
                     self.service.shapes.miss_latency(capture.shape, elapsed, capture.database)
             else:
-                self.service.stats.fills_abandoned += 1
+                self.session.server.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)
         self.captures.clear()
         self._decode_all_if_needed()
@@ -1071,25 +1071,26 @@ class SessionCache:
     # --- session facts -----------------------------------------------------------------
 
     def _eligible(self) -> str | None:
-        """None if a read may use the cache now, else the bypass reason."""
+        """None if a read may use the cache now, else the bypass reason (`eligibility`)."""
+        return bypass(self._facts())
+
+    def _facts(self) -> SessionFacts:
+        """What `cache.eligibility` needs to know of this session now."""
         session = self.session
         tracker = session.tracker
-        # An unavailable backend is not a reason here: the lookup itself answers at once
-        # while the breaker is open, and is what probes (and heals) Redis once it has
-        # cooled, so a read-only workload gets its cache back without any write.
-        if tracker.status is not TxnStatus.IDLE:
-            return Bypass.IN_TRANSACTION
-        if not tracker.idle() or tracker.skipping or self.captures or self.executed:
-            return Bypass.REQUEST_SHAPE
-        if session.invalidating:
-            return Bypass.REQUEST_SHAPE  # a commit's invalidation runs: replies wait behind it
-        if self.unknown or self.reread is not None:
-            return Bypass.SESSION_STATE_UNKNOWN
-        if self.temporary or session.parameters.get("client_encoding", "UTF8") != "UTF8":
-            return Bypass.SESSION_STATE
-        if not self.service.fresh(session.database):
-            return Bypass.REPLICATION_BEHIND
-        return None
+        return SessionFacts(
+            in_transaction=tracker.status is not TxnStatus.IDLE,
+            awaiting_replies=not tracker.idle(),
+            skipping=tracker.skipping,
+            capturing=bool(self.captures),
+            executed=self.executed,
+            invalidating=session.invalidating,
+            state_unknown=self.unknown,
+            rereading=self.reread is not None,
+            temporary=self.temporary,
+            client_encoding=session.parameters.get("client_encoding", CACHED_ENCODING),
+            replication_behind=not self.service.fresh(session.database),
+        )
 
     def _context(self) -> DatabaseContext:
         return self.service.context(self.session.database)

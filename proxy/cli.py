@@ -24,8 +24,16 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from proxy import tls
-from proxy.config import Config, ConfigError, load, namespace, plan_reload, read_config_file
-from proxy.metrics import Histograms, version
+from proxy.config import (
+    Config,
+    ConfigError,
+    cache_settings,
+    load,
+    namespace,
+    plan_reload,
+    read_config_file,
+)
+from proxy.metrics import Histograms, Stats, version
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -175,7 +183,7 @@ class Reloader:
         self.server.config = plan.config
         self.server.reload_tls()
         if self.cache is not None:
-            self.cache.reload(plan.config)
+            self.cache.reload(cache_settings(plan.config))
         for key in plan.restart:
             log.warning("config reload: %s changed, but that needs a restart; not applied", key)
         changed = f"changed {', '.join(plan.applied)}" if plan.applied else "no changes"
@@ -195,6 +203,7 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
         standard_collectors,
         upstream_round_trips,
     )
+    from proxy.replication import reader_of
     from proxy.server import Server
 
     registry = CollectorRegistry()
@@ -204,12 +213,12 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     registering = None
     if config.cache.enabled:
         redis = redis_round_trips(registry) if config.redis_url else None
-        cache = _cache_service(config, stats, Latency(registry), redis)
+        cache = _cache_service(config, stats, redis)
         _replication_metrics(registry, cache)
         await cache.start()
-        registering = await _register(cache)
+        registering = await _register(cache, config)
     connect = upstream_round_trips(registry).observers["connect"]
-    server = Server(config, cache, stats, connect)
+    server = Server(config, cache, stats, connect, Latency(registry))
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -224,7 +233,7 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
                 StatsCollector(stats, lambda: cache.available if cache is not None else None)
             )
             registry.register(
-                ReplicationCollector(lambda: cache.replication if cache is not None else None)
+                ReplicationCollector(lambda: reader_of(cache))
             )
             http = HttpEndpoints(config, registry, cache)
             await _listen(http.start(), f"metrics.listen {config.metrics}")
@@ -248,23 +257,24 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
 def _replication_metrics(registry: CollectorRegistry, cache: CacheService) -> None:
     """The lag histogram (its family without samples when replication is off)."""
     from proxy.metrics import replication_lag
+    from proxy.replication import reader_of
 
-    reader = cache.replication
+    reader = reader_of(cache)
     lag = replication_lag(registry, reader.database if reader is not None else None)
     if reader is not None:
         reader.observe_lag = lag.observers[reader.database]
 
 
-async def _register(cache: CacheService) -> asyncio.Task[None] | None:
-    """Register the namespace in Redis for the tools (`cache.registry`); when Redis is not
+async def _register(cache: CacheService, config: Config) -> asyncio.Task[None] | None:
+    """Register the namespace in Redis for the tools (`proxy.registry`); when Redis is not
     there yet, a task retries until it is."""
-    from cache.registry import keep_registering, register
     from cache.store import RedisBackend
+    from proxy.registry import keep_registering, register
 
     backend = getattr(cache.backend, "inner", cache.backend)  # under a TimedBackend
-    if not isinstance(backend, RedisBackend) or await register(backend.client, cache.config):
+    if not isinstance(backend, RedisBackend) or await register(backend.client, config):
         return None
-    return asyncio.get_running_loop().create_task(keep_registering(backend.client, cache.config))
+    return asyncio.get_running_loop().create_task(keep_registering(backend.client, config))
 
 
 async def _listen(start: Awaitable[None], what: str) -> None:
@@ -277,7 +287,7 @@ async def _listen(start: Awaitable[None], what: str) -> None:
 
 
 def _cache_service(
-    config: Config, stats: Any, latency: Any, round_trips: Histograms | None
+    config: Config, stats: Stats, round_trips: Histograms | None
 ) -> CacheService:
     from cache.backend import Backend
     from cache.keys import global_epoch
@@ -285,6 +295,7 @@ def _cache_service(
     from cache.service import CacheService
     from cache.store import RedisBackend
     from cache.timing import TimedBackend
+    from proxy.pgclient import CatalogLogin
 
     backend: Backend
     epoch = global_epoch(namespace(config))
@@ -302,7 +313,14 @@ def _cache_service(
             "no Redis configured: in-memory cache for this process only"
         )
         backend = MemoryBackend(epoch_key=epoch)
-    return CacheService(config, backend, stats, latency)
+    service = CacheService(
+        cache_settings(config), backend, stats, CatalogLogin.from_config(config)
+    )
+    if config.replication.enabled:
+        from proxy.replication import Replication
+
+        service.replication = Replication(service, config)
+    return service
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
+from cache.settings import CacheSettings
+
 
 class ConfigError(Exception):
     """A bad configuration value; the message names the key."""
@@ -439,6 +441,30 @@ def namespace(config: Config) -> str:
 def events_channel(config: Config) -> str:
     """The pub/sub channel, and the stream of the same name, that events go to."""
     return f"{namespace(config)}:{config.events.channel}"
+
+
+def cache_settings(config: Config) -> CacheSettings:
+    """The part of `config` the cache service runs with (the cache layer sees no `Config`)."""
+    cache, upstream = config.cache, config.upstream
+    return CacheSettings(
+        upstream_id=f"{upstream.host}:{upstream.port}",
+        root=namespace(config),
+        default_ttl=cache.default_ttl,
+        ttl=dict(cache.ttl),
+        exclude=frozenset(cache.exclude),
+        scope_columns=tuple(cache.scope_columns),
+        relations=dict(config.relations),
+        max_result_bytes=cache.max_result_bytes,
+        inflight_ttl=cache.inflight_ttl,
+        catalog_max_age=config.catalog.max_age or None,
+        catalog_wait=upstream.connect_timeout,
+        channel=events_channel(config),
+        stream_maxlen=config.events.stream_maxlen,
+        requires_ack=config.events.requires_ack,
+        source=config.events.source,
+        instance_port=config.listen.port,
+        in_process=config.redis_url is None,
+    )
 
 
 def redis_database(url: str | None) -> int:

@@ -2,7 +2,7 @@
 
 Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET only.
 `/readyz` answers 200 when a TCP connection to the upstream succeeds, else 503.
-`/stats` answers the per-query-shape counters (`proxy.shapes`) as JSON, most called first
+`/stats` answers the per-query-shape counters (`cache.shapes`) as JSON, most called first
 (``?sort=calls|hits|misses|bypass|latency|name`` and ``?limit=N`` change that):
 ``{"shapes": [{name, database, sql, calls, hits, misses, bypass, mean_latency_ms}, ...],
 "bound": N, "total": M}``, or ``{"shapes": [], "cache": "off"}`` when the cache is off.
@@ -23,8 +23,9 @@ from urllib.parse import parse_qs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cache.shapes import SORTS
 from proxy.config import Config
-from proxy.shapes import SORTS
+from proxy.replication import reader_of
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -106,8 +107,9 @@ class HttpEndpoints:
                 healthy = await self.cache.backend.healthy()
                 cache = ("redis " if redis else "memory ") + ("up" if healthy else "down")
             ready: dict[str, object] = {"upstream": upstream, "cache": cache}
-            if self.cache is not None and self.cache.replication is not None:
-                ready["replication"] = self.cache.replication.detail()
+            reader = reader_of(self.cache)
+            if reader is not None:
+                ready["replication"] = reader.detail()
             body = json.dumps(ready).encode()
             status = "200 OK" if upstream else "503 Service Unavailable"
             return status, "application/json", body + b"\n"

@@ -53,6 +53,20 @@ class Stats:
     def bypassed(self, reason: str) -> None:
         self.bypass[reason] = self.bypass.get(reason, 0) + 1
 
+    # `cache.service.CacheCounters`: what the cache service counts.
+
+    def fill_stored(self) -> None:
+        self.fills_stored += 1
+
+    def fill_refused(self) -> None:
+        self.fills_refused += 1
+
+    def invalidation_failed(self) -> None:
+        self.invalidation_failures += 1
+
+    def event_published(self) -> None:
+        self.events_published += 1
+
     def invalidated(self, database: str, whole_database: bool) -> None:
         """One committed invalidation of `database` (the label is bounded: the write
         committed, so Postgres has that database)."""
@@ -263,7 +277,7 @@ class StatsCollector(Collector):
 
 
 class ReplicationView(Protocol):
-    """What the replication metrics read from the stream's reader (`cache.replication`)."""
+    """What the replication metrics read from the stream's reader (`proxy.replication`)."""
 
     database: str
     slot: str

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, ConfigError
 from proxy.errors import ShuttingDown
-from proxy.metrics import Stats
+from proxy.metrics import Latency, Stats
 from proxy.session import Admission, ClientSession
 from proxy.tls import client_context, contexts
 from proxy.upstream import send_cancel
@@ -70,10 +70,12 @@ class Server:
         cache: CacheService | None = None,
         stats: Stats | None = None,
         upstream_connect: Callable[[float], None] | None = None,
+        latency: Latency | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
-        self.stats = stats if stats is not None else (cache.stats if cache else Stats())
+        self.stats = stats if stats is not None else Stats()
+        self.latency = latency or Latency(None)  # of the reads on the cache path
         # None: SSLRequest is answered N / sslmode=disable.  (ConfigError for a bad file.)
         self.client_tls, self.upstream_tls = contexts(config)
         # Observes the seconds each upstream connection took to open.

@@ -21,7 +21,7 @@ operation ``FLUSH`` and source ``pgreactive cache flush``.
 
 Keys are named by the server's namespace and its upstream *as the server spells it*, so the
 tool does not compute them from its own configuration: it takes them from the registration
-the server wrote into its Redis database at start (`cache.registry.choose`).  It needs only
+the server wrote into its Redis database at start (`proxy.registry.choose`).  It needs only
 the server's Redis (and ``--namespace`` when several deployments share that database).
 
 A flush that would match nothing fails instead of saying it worked: a table the catalog
@@ -48,7 +48,12 @@ from redis.exceptions import RedisError
 from cache.catalog import Catalog
 from cache.keys import Namespace, bare, global_epoch, write_generations
 from cache.planner import CachePolicy, WritePlan
-from cache.registry import (
+from cache.service import CacheService
+from cache.store import RedisBackend
+from proxy.config import Config, ConfigError, cache_settings, events_channel, namespace
+from proxy.metrics import Stats
+from proxy.pgclient import CatalogLogin
+from proxy.registry import (
     NotRegistered,
     Registration,
     adopt,
@@ -56,10 +61,6 @@ from cache.registry import (
     choose,
     registrations,
 )
-from cache.service import CacheService
-from cache.store import RedisBackend
-from proxy.config import Config, ConfigError, events_channel, namespace
-from proxy.metrics import Stats
 from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive cache flush"
@@ -190,7 +191,9 @@ async def flush(
         op_timeout=_REDIS_TIMEOUT,
         connect_timeout=_REDIS_TIMEOUT,
     )
-    service = CacheService(config, backend, Stats())
+    login = CatalogLogin.from_config(config)
+    stats = Stats()
+    service = CacheService(cache_settings(config), backend, stats, catalog_source=login)
     plans: list[WritePlan] = []
     try:
         await service.start()
@@ -210,7 +213,7 @@ async def flush(
     finally:
         await service.close()  # waits for the events to be published
         logging.getLogger().removeHandler(warnings)
-    published = service.stats.events_published
+    published = stats.events_published
     channel = events_channel(config)
     if published == len(plans):
         print(f"published {published} event{'s' * (published != 1)} on {channel}")

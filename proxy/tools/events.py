@@ -6,7 +6,7 @@ stream id as ``eventId``, to the Redis Stream of the same name
 (`cache.store.RedisBackend.publish`).  This tool subscribes to the channel and writes each
 payload unchanged to stdout, one per line, flushed at once so a pipe sees it.
 
-The namespace is the one the server registered in its Redis database (`cache.registry`):
+The namespace is the one the server registered in its Redis database (`proxy.registry`):
 the ``--namespace`` given, or the one derived from the tool's own configuration, or the only
 one registered; several registered and none of them meant is an error.  Live events and the
 ``--since`` replay come from the same channel and stream name, so they always agree.
@@ -43,8 +43,8 @@ from redis.exceptions import RedisError
 
 from cache.backend import parse_stream_id
 from cache.keys import bare
-from cache.registry import NotRegistered, adopt, channel_note, choose, registrations
 from proxy.config import Config, ConfigError, events_channel
+from proxy.registry import NotRegistered, adopt, channel_note, choose, registrations
 from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive events tail"

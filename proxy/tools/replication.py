@@ -30,9 +30,9 @@ import sys
 from typing import Final
 
 from cache.changes import DDL_PREFIX
-from cache.pgclient import PgClient, PgError
 from proxy.codec import TxnStatus
 from proxy.config import Config, ConfigError
+from proxy.pgclient import PgClient, PgError
 from proxy.tls import UpstreamTLS
 from proxy.tools import EXIT_CONFIG, Subcommands, tool_command, tool_config
 

@@ -23,8 +23,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from cache.shapes import SORTS
 from proxy.config import Address, ConfigError
-from proxy.shapes import SORTS
 from proxy.tools import EXIT_CONFIG, Subcommands, tool_command, tool_config
 
 PROG = "pgreactive stats"

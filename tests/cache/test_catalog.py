@@ -23,7 +23,7 @@ import pytest
 
 from analyzer import AnalyzerOptions, analyze
 from cache.catalog import Catalog, CatalogCache, load_catalog
-from cache.pgclient import PgClient, PgError
+from proxy.pgclient import PgClient, PgError
 from tests.conftest import PG_DB, PG_HOST, PG_PORT, PG_USER, dsn
 
 TAG = f"c{os.getpid()}x{time.monotonic_ns() % 1_000_000}"

@@ -15,7 +15,7 @@ from cache.keys import Namespace
 from cache.memory import MemoryBackend
 from cache.planner import WritePlan
 from cache.service import CacheService
-from proxy.config import events_channel, load
+from proxy.config import cache_settings, events_channel, load
 from proxy.metrics import Stats
 
 
@@ -30,7 +30,7 @@ class _SlowPublish(MemoryBackend):
 async def test_events_are_published_before_invalidate_returns() -> None:
     config = load(None, {}, {})
     backend = _SlowPublish()
-    service = CacheService(config, backend, Stats())
+    service = CacheService(cache_settings(config), backend, Stats())
     await service.start()
     try:
         ns = Namespace.of(service.upstream_id, "app", service.root)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache.registry import REGISTRY_KEY
+from proxy.registry import REGISTRY_KEY
 from tests.conftest import CACHE_REDIS_DB, ProxyProcess, start_caching_proxy
 from tests.integration.cache_env import admin, connect, forget
 from tests.integration.test_tools_events import Tail

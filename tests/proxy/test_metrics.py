@@ -50,7 +50,7 @@ def test_latency_exposition_matches_prometheus_histogram(
 
 @dataclass
 class _Reader:
-    """What `ReplicationCollector` reads (a `cache.replication.Replication` in the server)."""
+    """What `ReplicationCollector` reads (a `proxy.replication.Replication` in the server)."""
 
     database: str = "app"
     slot: str = "pgreactive"

@@ -12,6 +12,10 @@ still comes from the tool's configuration: give the tools the server's configura
 
 A registration is overwritten by the next server of the same namespace and never removed
 (a stopped server's entry stays: it names keys that still exist).
+
+It lives in `proxy/` (it was `cache/registry.py`): what it registers and how a tool picks a
+deployment is the proxy's `Config` (namespace, upstream, channel), and the cache layer
+never needs it.
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from cache.changes import TransactionAssembler, plan_transaction
-from cache.pgclient import PgError
 from cache.pgoutput import (
     PrimaryKeepalive,
     XLogData,
@@ -52,12 +51,14 @@ from cache.pgoutput import (
     unix_seconds,
 )
 from cache.planner import WritePlan
-from cache.walsender import WalSender
+from proxy.pgclient import PgError
+from proxy.walsender import WalSender
 
 if TYPE_CHECKING:
     from cache.catalog import Catalog
     from cache.changes import Transaction
     from cache.service import CacheService
+    from proxy.config import Config
 
 log = logging.getLogger("pgreactive.replication")
 
@@ -120,9 +121,10 @@ class LocalLease:
 class Replication:
     """The replication reader of one process (see the module docstring)."""
 
-    def __init__(self, service: CacheService) -> None:
+    def __init__(self, service: CacheService, config: Config) -> None:
         self.service = service
-        self.config = service.config.replication
+        self.config = config.replication
+        self._upstream, self._catalog = config.upstream, config.catalog
         self.database = self.config.database
         self.slot = self.config.slot
         ns = service.context(self.database).namespace
@@ -191,7 +193,7 @@ class Replication:
     # --- can it run? -----------------------------------------------------------------
 
     async def _connect(self) -> WalSender:
-        upstream, catalog = self.service.config.upstream, self.service.config.catalog
+        upstream, catalog = self._upstream, self._catalog
         return await WalSender.open(
             upstream.host, upstream.port, catalog.user, self.database,
             catalog.password or None, upstream.connect_timeout,
@@ -472,3 +474,9 @@ class Replication:
         await self.service.invalidate(self.database, [plan], source="replication")
         log.warning("replication: created slot %s; cached results of %s invalidated",
                     slot, self.database)  # fmt: skip
+
+
+def reader_of(service: CacheService | None) -> Replication | None:
+    """The replication reader attached to `service`, if it follows a stream."""
+    reader = service.replication if service is not None else None
+    return reader if isinstance(reader, Replication) else None

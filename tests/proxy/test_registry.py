@@ -1,12 +1,12 @@
-"""`cache.registry.choose`: which registered deployment a tool means (issue 13: no host
+"""`proxy.registry.choose`: which registered deployment a tool means (issue 13: no host
 spelling games, and never a silent guess between several)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cache.registry import NotRegistered, Registration, adopt, choose, registration
 from proxy.config import Config, events_channel, load, namespace
+from proxy.registry import NotRegistered, Registration, adopt, choose, registration
 
 
 def _config(**overrides: str) -> Config:

@@ -1,4 +1,4 @@
-"""cache.pgclient: the proxy's own minimal Postgres client.
+"""proxy.pgclient: the proxy's own minimal Postgres client.
 
 Authentication maths against known vectors (RFC 7677 for SCRAM-SHA-256, the well-known md5
 verifier of postgres/postgres), then real logins: trust against the shared server at :5432,
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from cache.pgclient import PgClient, PgError, ScramClient, md5_password, saslprep
 from proxy.codec import TxnStatus
 from proxy.config import UpstreamConfig
+from proxy.pgclient import PgClient, PgError, ScramClient, md5_password, saslprep
 from proxy.tls import UpstreamTLS
 from tests.conftest import PG_DB, PG_HOST, PG_PORT, PG_USER, dsn
 

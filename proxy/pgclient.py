@@ -2,7 +2,11 @@
 
 Theory of operation.  The proxy needs to ask its upstream a handful of catalog questions
 (see `cache.catalog`) without a driver dependency, so this module speaks just enough of the
-v3 protocol over asyncio streams:
+v3 protocol over asyncio streams.  It is the proxy's implementation of the cache's catalog
+port (`cache.catalog.CatalogConnection`; `CatalogLogin` is the `CatalogSource`): it lives in
+`proxy/` because it speaks the protocol with `proxy.codec` and `proxy.tls`, and the cache
+layer must not import the proxy.  `PgError`, `Result` and `Row` are the port's own types
+(defined in `cache.catalog`, re-exported here).
 
 * **Start-up**: a StartupMessage (protocol 3.0, ``client_encoding=UTF8`` so that text results
   decode as UTF-8, ``DateStyle=ISO``), then the authentication exchange the server asks for:
@@ -41,6 +45,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cache.catalog import PgError, Result, Row
 from proxy.codec import (
     PROTOCOL_3_0,
     AuthCode,
@@ -53,34 +58,16 @@ from proxy.codec import (
     encode_startup,
     message,
 )
+from proxy.config import Config
 from proxy.tls import UpstreamTLS, describe, open_connection
 
-Row = tuple[str | None, ...]
+__all__ = [
+    "MAX_MESSAGE_BYTES", "CatalogLogin", "PgClient", "PgError", "Result", "Row", "ScramClient",
+    "md5_password", "saslprep",
+]  # fmt: skip
 
 #: Refuse a single backend message larger than this (a catalog row is never near it).
 MAX_MESSAGE_BYTES = 1 << 30
-
-
-class PgError(Exception):
-    """An error reported by the server (ErrorResponse) or detected by this client."""
-
-    def __init__(self, sqlstate: str, message: str, fields: Mapping[str, str] | None = None):
-        super().__init__(f"{sqlstate}: {message}")
-        self.sqlstate = sqlstate
-        self.message = message
-        self.fields: Mapping[str, str] = dict(fields or {})
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, str]) -> PgError:
-        return cls(fields.get("C", "XX000"), fields.get("M", "unknown error"), fields)
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """One statement's outcome within a simple Query: its command tag and rows."""
-
-    tag: str
-    rows: tuple[Row, ...]
 
 
 # --- authentication maths (pure, unit-tested against known vectors) --------------------
@@ -323,6 +310,11 @@ class PgClient:
         """True once the connection is closed or was left in an unknown state."""
         return self._closed
 
+    @property
+    def in_transaction(self) -> bool:
+        """The last ReadyForQuery said a transaction block is open (or failed)."""
+        return self.transaction_status != TxnStatus.IDLE
+
     async def query(self, sql: str, timeout: float | None = None) -> list[Row]:
         """Run `sql` (simple Query); return the rows of every statement, in order."""
         return [row for result in await self.execute(sql, timeout) for row in result.rows]
@@ -478,3 +470,43 @@ class PgClient:
         self._closed = True
         transport = self._writer.transport
         transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogLogin:
+    """The proxy's own login for catalog reads (`catalog.user`), on the upstream the
+    sessions use and with their TLS settings: the `cache.catalog.CatalogSource` the proxy
+    gives its `CacheService`."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+    timeout: float
+    tls: UpstreamTLS | None
+
+    @classmethod
+    def from_config(cls, config: Config) -> CatalogLogin | None:
+        """The login `config` gives (None without `catalog.user`: no catalog is read)."""
+        upstream, catalog = config.upstream, config.catalog
+        if not catalog.user:
+            return None
+        return cls(
+            upstream.host,
+            upstream.port,
+            catalog.user,
+            catalog.password or None,
+            upstream.connect_timeout,
+            UpstreamTLS.from_config(upstream),
+        )
+
+    async def connect(self, database: str) -> PgClient:
+        return await PgClient.connect(
+            self.host,
+            self.port,
+            self.user,
+            database,
+            password=self.password,
+            timeout=self.timeout,
+            tls=self.tls,
+        )

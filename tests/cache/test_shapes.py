@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cache.planner import Bypass
-from proxy.shapes import BOUND, SQL_CHARS, ShapeStats, excerpt
-from tests.proxy.test_purity import FORBIDDEN, imported_modules
-
-ROOT = Path(__file__).resolve().parents[2]
+from cache.shapes import BOUND, SQL_CHARS, ShapeStats, excerpt
 
 
 def by_name(stats: ShapeStats) -> dict[str, dict[str, object]]:
     return {str(shape["name"]): shape for shape in stats.snapshot()}
-
-
-def test_shapes_module_is_pure() -> None:
-    found = imported_modules((ROOT / "proxy/shapes.py").read_text()) & FORBIDDEN
-    assert not found
 
 
 def test_counters_of_one_shape() -> None:

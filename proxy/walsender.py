@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cache.pgclient import PgClient, PgError
 from proxy.codec import BackendTag, FrontendTag, decode_error_fields, message
+from proxy.pgclient import PgClient, PgError
 
 
 class WalSender(PgClient):

@@ -2,6 +2,9 @@
 
 Pure module: counters only, no event loop, no sockets.  Every session of a process bumps
 the one `ShapeStats` its `CacheService` holds (all on the event-loop thread, so no locks).
+It lives in `cache/` because a shape is a cache concept: the cache's outcomes (hit, miss,
+bypass reason) are counted per shape, and the same shapes name an event's
+``affectedQueries``; the proxy only serves the counts (``/stats``).
 
 A *shape* is what a read is known by in events too: the sqlcommenter name the application
 put in a comment when there is one (``/* name='agents.getAll' */``), else the statement's
