@@ -44,10 +44,10 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from analyzer import Analysis, AnalyzerOptions, Kind, StatementAnalysis, TxnCommand, analyze
 from cache import entry
@@ -58,12 +58,10 @@ from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
 from cache.service import CacheService, DatabaseContext, Marked
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
-from proxy.errors import InternalError
-from proxy.state import REREAD_SQL, STARTUP_SQL, decode_reread
-from proxy.tracker import SYNC_ENTRY, Pending, Request, pending_for
-
-if TYPE_CHECKING:
-    from proxy.session import ClientSession
+from proxy.errors import InternalError, ProxyError
+from proxy.metrics import Latency, Stats
+from proxy.state import REREAD_SQL, STARTUP_SQL, Settings, decode_reread
+from proxy.tracker import SYNC_ENTRY, Pending, Request, Tracker, pending_for
 
 log = logging.getLogger("pgreactive.cache")
 
@@ -164,10 +162,51 @@ class Unit:
     final: bool = True  # ends with Sync (else Flush: the segment goes on)
 
 
+class CacheSession(Protocol):
+    """What the cache path needs of its session (`proxy.session.ClientSession`): a port,
+    so that this module knows no session class."""
+
+    id: int
+    tracker: Tracker  # what is in flight, what exists upstream
+    settings: Settings
+    parameters: dict[str, str]  # from ParameterStatus
+    invalidating: bool  # a commit waits for its invalidation
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def latency(self) -> Latency: ...
+
+    def send_upstream(self, data: bytes) -> None: ...
+
+    def write_client(self, data: bytes) -> None: ...
+
+    def client_messages(self, messages: list[tuple[int, bytes]]) -> None: ...
+
+    def capture_all(self, on: bool) -> None: ...
+
+    def pause_client(self, reason: str = ...) -> None: ...
+
+    def resume_client(self, reason: str = ...) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def close(self, error: ProxyError | None = None) -> None: ...
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
+
+
 class SessionCache:
     """Per-session cache state; see the module docstring."""
 
-    def __init__(self, session: ClientSession, service: CacheService) -> None:
+    def __init__(self, session: CacheSession, service: CacheService) -> None:
         self.session = session
         self.service = service
         self.held: list[tuple[int, bytes]] | None = None  # client messages behind a lookup
@@ -402,7 +441,7 @@ class SessionCache:
             return False
         self._catalog_waited = True
         self._hold(out)
-        self.session.server.spawn(self._catalog_loaded(messages))
+        self.session.spawn(self._catalog_loaded(messages))
         return True
 
     async def _catalog_loaded(self, messages: list[bytes]) -> None:
@@ -453,7 +492,7 @@ class SessionCache:
 
     def _bypassed(self, analysis: Analysis, reason: str) -> None:
         """Count a read that was forwarded, in the metric and under its shape."""
-        self.session.server.stats.bypassed(reason)
+        self.session.stats.bypassed(reason)
         self.service.shapes.bypassed(
             shape_name(analysis), analysis.sql, reason, self.session.database
         )
@@ -584,7 +623,7 @@ class SessionCache:
             self._looked_up, key, plan, context, analysis, messages, request, time.perf_counter()
         )
         if not self.service.lookup_now(key, plan.gen_keys, done):
-            self.session.server.spawn(self._lookup(key, plan.gen_keys, done))
+            self.session.spawn(self._lookup(key, plan.gen_keys, done))
 
     async def _lookup(
         self, key: str, gen_keys: tuple[str, ...], done: Callable[[object], None]
@@ -613,9 +652,8 @@ class SessionCache:
         done = False
         service = self.service
         session = self.session
-        server = session.server
         try:
-            if session.client is None:
+            if not session.connected:
                 if isinstance(result, Lookup) and not result.hit:
                     service.abandon(key)
                 done = True
@@ -638,16 +676,16 @@ class SessionCache:
                 body = entry.decode(result.blob)
             if body is not None:
                 self._answer(request, body, messages[-1])
-                server.stats.hits += 1
+                session.stats.hits += 1
                 elapsed = time.perf_counter() - started
-                server.latency.hit(elapsed)
+                session.latency.hit(elapsed)
                 service.shapes.hit(
                     shape_name(analysis), analysis.sql, elapsed, session.database
                 )
             else:
                 capture = None
                 if isinstance(result, Lookup):
-                    server.stats.misses += 1
+                    session.stats.misses += 1
                     shape = analysis.query_name or analysis.fingerprint
                     service.shapes.miss(shape or _UNPARSED, analysis.sql, session.database)
                     capture = Capture(
@@ -662,7 +700,7 @@ class SessionCache:
             log.exception("conn=%d cache lookup failed; the read goes upstream", session.id)
         finally:
             try:
-                if not done and session.client is not None:
+                if not done and session.connected:
                     service.abandon(key)
                     self._relay_read(messages, request, None)  # whatever failed: forward it
                 self._release([])
@@ -753,7 +791,7 @@ class SessionCache:
         leftover = self._due(self._readies)
         if leftover.tokens:
             database = self.session.database
-            self.session.server.spawn(
+            self.session.spawn(
                 self._end_marks(self.service.invalidate(database, [], marked=leftover))
             )
         tracker = self.session.tracker
@@ -775,11 +813,11 @@ class SessionCache:
                     capture.plan.ttl_ms, capture.database, capture.plan.tables, capture.shape,
                 )
                 elapsed = time.perf_counter() - capture.started
-                self.session.server.latency.miss(elapsed)
+                self.session.latency.miss(elapsed)
                 if capture.shape is not None:
                     self.service.shapes.miss_latency(capture.shape, elapsed, capture.database)
             else:
-                self.session.server.stats.fills_abandoned += 1
+                self.session.stats.fills_abandoned += 1
                 self.service.abandon(capture.key)
         self.captures.clear()
         self._decode_all_if_needed()
@@ -828,7 +866,7 @@ class SessionCache:
         proxy's (hidden), while the client's next messages wait."""
         session = self.session
         tracker = session.tracker
-        if self.unsynced or self.held is not None or session.client is None:
+        if self.unsynced or self.held is not None or not session.connected:
             return  # (at the next ReadyForQuery)
         unnamed = tracker.statements.get("")
         if unnamed is not None and "" not in self.deferred:
@@ -965,7 +1003,7 @@ class SessionCache:
             1 for p in tracker.pending if p.request in _READIES and not p.hidden
         )  # (the ReadyForQuery of the proxy's own hidden Query is not counted)
         self._hold(out)
-        self.session.server.spawn(self._mark(pending, raw, keys, gids, due))
+        self.session.spawn(self._mark(pending, raw, keys, gids, due))
         return True
 
     def _to_mark(self, pending: Pending) -> tuple[set[str], list[str]]:
@@ -1038,7 +1076,7 @@ class SessionCache:
             log.exception("conn=%d in-flight mark failed", self.session.id)
         finally:
             self.marks.append((due, marked))
-            if self.session.client is not None:
+            if self.session.connected:
                 self.session.tracker.push(pending)
                 self.session.send_upstream(raw)
             self._release([])

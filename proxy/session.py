@@ -29,9 +29,9 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum, auto
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from analyzer import Analysis, Kind, StatementAnalysis, TxnCommand, analyze
 from proxy import codec
@@ -56,8 +56,11 @@ from proxy.upstream import UpstreamProtocol, connect
 if TYPE_CHECKING:
     import ssl
 
+    from cache.service import CacheService
     from proxy.caching import SessionCache
-    from proxy.server import Server
+    from proxy.config import Config
+    from proxy.metrics import Latency, Stats
+    from proxy.tls import UpstreamTLS
 
 Barrier = Callable[[], Awaitable[object]]
 
@@ -155,10 +158,33 @@ class State(Enum):
     CLOSED = auto()
 
 
+class SessionHost(Protocol):
+    """What a session needs of the server that accepted it (`proxy.server.Server`): a
+    port, so that this module knows no server class."""
+
+    config: Config
+    cache: CacheService | None
+    stats: Stats
+    latency: Latency  # of the reads on the cache path
+    client_tls: ssl.SSLContext | None  # None: SSLRequest is answered N
+    upstream_tls: UpstreamTLS | None  # None: sslmode=disable
+    upstream_connect: Callable[[float], None]  # observes how long a connection took
+
+    def session_opened(self, session: ClientSession) -> Admission: ...
+
+    def session_closed(self, session: ClientSession, admission: Admission) -> None: ...
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
+
+    def forward_cancel(self, pid: int, secret: bytes) -> None: ...
+
+    async def cancel(self, pid: int, secret: bytes) -> None: ...
+
+
 class ClientSession(asyncio.Protocol):
     """asyncio protocol for one client connection and its upstream."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: SessionHost) -> None:
         self.server = server
         self.id = next(_ids)
         self.state = State.STARTUP
@@ -250,6 +276,24 @@ class ClientSession(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.resume_upstream("client")
+
+    # --- what the cache path asks of its session (`proxy.caching.CacheSession`) ---------
+
+    @property
+    def connected(self) -> bool:
+        """The client is still there."""
+        return self.client is not None
+
+    @property
+    def stats(self) -> Stats:
+        return self.server.stats
+
+    @property
+    def latency(self) -> Latency:
+        return self.server.latency
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        self.server.spawn(coroutine)
 
     @property
     def database(self) -> str:

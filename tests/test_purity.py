@@ -101,4 +101,4 @@ def test_a_shell_module_is_flagged() -> None:
     """session.py is a shell module: the checks must see its asyncio import, and that it
     is not pure."""
     assert "asyncio" in imported_roots(SOURCES["proxy.session"].read_text())
-    assert "proxy.session" not in PURE and "proxy.session" in GRAPH["proxy.caching"]
+    assert "proxy.session" not in PURE and "proxy.session" in GRAPH["proxy.server"]
