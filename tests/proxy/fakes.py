@@ -276,9 +276,12 @@ class Proxy:
         self.server = Server(self.config, self.service, self.stats)
         self.peers: list[Peer] = []
 
-    async def connect(self, user: str = "postgres", database: str = "app") -> Peer:
+    async def connect(
+        self, user: str = "postgres", database: str = "app", early: Sequence[bytes] = ()
+    ) -> Peer:
         """A session through its real start-up, at READY with its state read back; the
-        start-up's bytes are taken off both transports."""
+        start-up's bytes are taken off both transports.  `early`: client messages sent in
+        the StartupMessage's chunk (they wait until the session is ready)."""
         client = FakeTransport()
         upstream = FakeTransport()
 
@@ -293,7 +296,7 @@ class Proxy:
             s = ClientSession(self.server)
             s.connection_made(client)  # type: ignore[arg-type]
             peer = Peer(s, client, upstream)
-            await peer.send(StartupMessage(user=user, database=database))
+            await peer.send(StartupMessage(user=user, database=database), *early)
         finally:
             session.connect = real_connect
         assert s.state is State.AUTHENTICATING

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from proxy import codec
+from proxy.codec import BackendTag, FrontendTag
 from proxy.state import REREAD_SQL
 from tests.proxy.fakes import (
     INT4_OID,
@@ -337,3 +339,156 @@ async def test_read_pipelined_behind_do_is_not_looked_up(proxy: Proxy, peer: Pee
     await peer.answer(*reread_answer())
     assert peer.client.take() == []
     assert proxy.backend.fills_stored == 1  # (the first fill only)
+
+
+# --- more of the same conversations ----------------------------------------------------------
+
+
+async def test_commit_of_a_transaction_block_waits_at_its_command_complete(
+    proxy: Proxy, peer: Peer
+) -> None:
+    await fill_read(peer)
+    update = "update items set name = 'pear' where id = 1"
+    for sql, tag in (("begin", "BEGIN"), (update, "UPDATE 1")):
+        await peer.send(Query(sql))
+        assert peer.upstream.take() == [Query(sql)]
+        await peer.answer(CommandComplete(tag), ReadyForQuery("T"))
+        assert peer.client.take() == [CommandComplete(tag), ReadyForQuery("T")]
+    assert proxy.backend.marks == 0  # inside a block the writes are marked at COMMIT
+
+    # A read inside the transaction goes to Postgres, cached or not.
+    await peer.send(Query(READ))
+    assert peer.upstream.take() == [Query(READ)]
+    await peer.answer(*READ_ROWS, ReadyForQuery("T"))
+    assert peer.client.take() == [*READ_ROWS, ReadyForQuery("T")]
+
+    proxy.backend.gate = asyncio.Event()
+    await peer.send(Query("commit"))
+    assert peer.upstream.take() == [Query("commit")]
+    assert proxy.backend.marks == 1
+    await peer.answer(CommandComplete("COMMIT"), ReadyForQuery("I"))
+    assert peer.client.take() == []  # the COMMIT's CommandComplete already waits
+    proxy.backend.gate.set()
+    await settle()
+    assert peer.client.take() == [CommandComplete("COMMIT"), ReadyForQuery("I")]
+    assert len(proxy.backend.bumped) == 1
+
+    await peer.send(Query(READ))
+    assert peer.upstream.take() == [Query(READ)]  # invalidated: a miss
+
+
+async def test_flush_ended_hit_then_sync_answered_here(proxy: Proxy, peer: Peer) -> None:
+    reply = [ParseComplete(), BindComplete(), RowDescription("id", "name"), *rows("1")]
+    await peer.send(*unit("1"))
+    await peer.answer(*reply, ReadyForQuery("I"))
+    assert peer.upstream.take() == unit("1")
+    assert peer.client.take() == [*reply, ReadyForQuery("I")]
+
+    # Pipeline mode: the unit ends with Flush; its results come at once, the Sync later.
+    await peer.send(*unit("1")[:-1], Flush())
+    assert peer.upstream.take() == []
+    assert peer.client.take() == reply
+    await peer.send(Sync())
+    assert peer.upstream.take() == []
+    assert peer.client.take() == [ReadyForQuery("I")]
+
+
+async def test_row_limited_execute(proxy: Proxy, peer: Peer) -> None:
+    """Execute with a row limit: the miss asks Postgres for one row more, to know the
+    result is whole; the client still sees what Postgres answers the limit it asked."""
+    limited = [Parse("", BY_ID, [INT4_OID]), Bind("", "", ["1"]), Describe("P"),
+               Execute("", 1), Sync()]
+    await peer.send(*limited)
+    assert peer.upstream.take() == [*limited[:3], Execute("", 2), Sync()]
+    head = [ParseComplete(), BindComplete(), RowDescription("id", "name")]
+    await peer.answer(*head, *rows("1"), ReadyForQuery("I"))
+    suspended = codec.message(BackendTag.PORTAL_SUSPENDED)
+    assert peer.client.take() == [*head, DataRow("1", "item 1"), suspended, ReadyForQuery("I")]
+    assert proxy.backend.fills_stored == 1  # the whole result
+
+    await peer.send(*limited)  # a hit, limited the same way
+    assert peer.upstream.take() == []
+    assert peer.client.take() == [*head, DataRow("1", "item 1"), suspended, ReadyForQuery("I")]
+    await peer.send(*unit("1"))  # and the same entry without a limit
+    assert peer.upstream.take() == []
+    assert peer.client.take() == [*head, *rows("1"), ReadyForQuery("I")]
+
+
+async def test_simple_query_hit_destroys_the_unnamed_statement(
+    proxy: Proxy, peer: Peer
+) -> None:
+    await fill_read(peer)
+    await peer.send(*unit("1"))
+    reply = [ParseComplete(), BindComplete(), RowDescription("id", "name"), *rows("1")]
+    await peer.answer(*reply, ReadyForQuery("I"))
+    assert peer.upstream.take() == unit("1")
+    assert peer.client.take() == [*reply, ReadyForQuery("I")]
+
+    await peer.send(Query(READ))  # a hit: Postgres would have dropped the unnamed statement
+    assert peer.upstream.take() == []
+    assert peer.client.take() == [*READ_ROWS, ReadyForQuery("I")]
+
+    # So a Bind of it fails as it would have: the proxy closes it upstream first, hidden.
+    await peer.send(*unit("2", parse=False))
+    close_unnamed = codec.message(FrontendTag.CLOSE, b"S\x00")
+    assert peer.upstream.take() == [close_unnamed, *unit("2", parse=False)]
+    error = ErrorResponse("26000", "unnamed prepared statement does not exist")
+    await peer.answer(codec.message(BackendTag.CLOSE_COMPLETE), error, ReadyForQuery("I"))
+    assert peer.client.take() == [error, ReadyForQuery("I")]
+
+
+async def test_messages_sent_with_the_startup_wait_for_the_state_read_back(
+    proxy: Proxy,
+) -> None:
+    peer = await proxy.connect(early=[Query(READ)])  # (asserts the read-back is hidden)
+    assert peer.upstream.take() == [Query(READ)]  # then the client's Query goes up
+    await peer.answer(*READ_ROWS, ReadyForQuery("I"))
+    assert peer.client.take() == [*READ_ROWS, ReadyForQuery("I")]
+    assert proxy.backend.fills_stored == 1
+
+
+async def test_pipelined_read_behind_a_commit_resumes_after_the_barrier(
+    proxy: Proxy, peer: Peer
+) -> None:
+    await fill_read(peer)
+    update = "update items set name = 'pear' where id = 1"
+    proxy.backend.gate = asyncio.Event()
+    await peer.send(Query(update), Query(READ))  # one chunk: the read cannot be a hit
+    assert peer.upstream.take() == [Query(update), Query(READ)]
+    # Postgres answers both in one chunk; the stream stops before the commit's
+    # ReadyForQuery and goes on from there once the invalidation is done.
+    await peer.answer(CommandComplete("UPDATE 1"), ReadyForQuery("I"),
+                      *READ_ROWS, ReadyForQuery("I"))
+    assert peer.client.take() == [CommandComplete("UPDATE 1")]
+    proxy.backend.gate.set()
+    await settle()
+    assert peer.client.take() == [ReadyForQuery("I"), *READ_ROWS, ReadyForQuery("I")]
+    assert proxy.stats.hits == 0
+
+
+async def test_a_deferred_parse_that_fails_upstream_reports_its_error(
+    proxy: Proxy
+) -> None:
+    first = await proxy.connect()
+    await first.send(*unit("1", statement="s1"))
+    reply = [ParseComplete(), BindComplete(), RowDescription("id", "name"), *rows("1")]
+    await first.answer(*reply, ReadyForQuery("I"))
+    second = await proxy.connect()
+    await second.send(*unit("1", statement="s1"))
+    assert second.upstream.take() == []
+    assert second.client.take() == [*reply, ReadyForQuery("I")]
+
+    # The table went away meanwhile: the deferred Parse fails, in place of the client's.
+    await second.send(*unit("2", parse=False, statement="s1"))
+    assert second.upstream.take() == [
+        Parse("s1", BY_ID, [INT4_OID]), *unit("2", parse=False, statement="s1")
+    ]
+    error = ErrorResponse("42P01", 'relation "items" does not exist')
+    await second.answer(error, ReadyForQuery("I"))
+    assert second.client.take() == [error, ReadyForQuery("I")]
+
+    # Still deferred: the next use sends it again.
+    await second.send(*unit("3", parse=False, statement="s1"))
+    assert second.upstream.take() == [
+        Parse("s1", BY_ID, [INT4_OID]), *unit("3", parse=False, statement="s1")
+    ]
