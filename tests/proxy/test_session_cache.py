@@ -492,3 +492,48 @@ async def test_a_deferred_parse_that_fails_upstream_reports_its_error(
     assert second.upstream.take() == [
         Parse("s1", BY_ID, [INT4_OID]), *unit("3", parse=False, statement="s1")
     ]
+
+
+async def test_state_stays_unknown_when_the_read_back_fails(proxy: Proxy, peer: Peer) -> None:
+    await fill_read(peer)
+    await peer.send(Query("do $$ begin perform 1; end $$"))
+    await peer.answer(CommandComplete("DO"), ReadyForQuery("I"))
+    assert peer.upstream.take() == [Query("do $$ begin perform 1; end $$"), Query(REREAD_SQL)]
+    peer.client.take()
+
+    await peer.send(Query(READ))  # waits for the read-back ...
+    error = ErrorResponse("57014", "canceling statement due to statement timeout")
+    await peer.answer(error, ReadyForQuery("I"))
+    assert peer.client.take() == []  # (the proxy's own error is not the client's)
+    # ... which failed: the read goes upstream without a lookup, counted as a bypass.
+    assert peer.upstream.take() == [Query(READ)]
+    assert proxy.stats.bypass == {"session_state_unknown": 1}
+    await peer.answer(*READ_ROWS, ReadyForQuery("I"))
+    assert peer.client.take() == [*READ_ROWS, ReadyForQuery("I")]
+    assert peer.upstream.take() == [Query(REREAD_SQL)]  # tried again at the next idle moment
+    await peer.answer(*reread_answer())
+    assert peer.client.take() == []
+    assert peer.session.cache is not None and not peer.session.cache.unknown
+
+
+async def test_flush_ended_hit_after_the_clients_own_flush(proxy: Proxy, peer: Peer) -> None:
+    reply = [ParseComplete(), BindComplete(), RowDescription("id", "name"), *rows("1")]
+    await peer.send(*unit("1"))
+    await peer.answer(*reply, ReadyForQuery("I"))
+    peer.upstream.take(), peer.client.take()
+
+    prepare = [Parse("other", "select 2"), Describe("S", "other"), Flush()]
+    await peer.send(*prepare)
+    assert peer.upstream.take() == prepare
+    described = [ParseComplete(), ParameterDescription(), RowDescription("c")]
+    await peer.answer(*described)
+    assert peer.client.take() == described
+
+    await peer.send(*unit("1")[:-1], Flush())  # a hit, answered at once
+    assert peer.upstream.take() == []
+    assert peer.client.take() == reply
+    await peer.send(Sync())  # Postgres has an open implicit transaction: its Sync goes up
+    assert peer.upstream.take() == [Sync()]
+    assert peer.client.take() == []
+    await peer.answer(ReadyForQuery("I"))
+    assert peer.client.take() == [ReadyForQuery("I")]
