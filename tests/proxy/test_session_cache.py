@@ -537,3 +537,24 @@ async def test_flush_ended_hit_after_the_clients_own_flush(proxy: Proxy, peer: P
     assert peer.client.take() == []
     await peer.answer(ReadyForQuery("I"))
     assert peer.client.take() == [ReadyForQuery("I")]
+
+
+async def test_no_hit_after_a_failed_parse_until_sync(proxy: Proxy, peer: Peer) -> None:
+    """The same with nothing executed yet: only the skipping keeps the read off the cache."""
+    reply = [ParseComplete(), BindComplete(), RowDescription("id", "name"), *rows("1")]
+    await peer.send(*unit("1"))
+    await peer.answer(*reply, ReadyForQuery("I"))
+    peer.upstream.take(), peer.client.take()
+
+    await peer.send(Parse("bad", "selec 1"), Flush())
+    assert peer.upstream.take() == [Parse("bad", "selec 1"), Flush()]
+    error = ErrorResponse("42601", 'syntax error at or near "selec"')
+    await peer.answer(error)
+    assert peer.client.take() == [error]
+    assert peer.session.tracker.skipping and peer.session.tracker.idle()
+
+    await peer.send(*unit("1"))
+    assert peer.upstream.take() == unit("1")  # Postgres discards it: so must the proxy
+    await peer.answer(ReadyForQuery("I"))
+    assert peer.client.take() == [ReadyForQuery("I")]
+    assert proxy.stats.hits == 0
