@@ -29,7 +29,7 @@ every scope column, `g:T#COLUMN=X` when it is confined to X on that column, else
 another.  Tables are named by their bare (unqualified) name, so a
 write to `s1.t` also invalidates reads of `s2.t`: over-invalidation is safe, the opposite
 never is.  `{DB}` is a Redis Cluster hash tag: all keys of one lookup share a slot (except
-the global epoch; see docs/operations.md).
+the global epoch; see docs/operating.md).
 
 Pure: hashing and string building only.
 """

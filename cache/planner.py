@@ -29,7 +29,6 @@ class Bypass(StrEnum):
     ones only the session, the catalog or the configuration can know.
     """
 
-    CACHE_OFF = "cache_off"
     IN_TRANSACTION = "in_transaction"
     SESSION_STATE = "session_state"  # temporary objects, a client_encoding other than UTF8
     SESSION_STATE_UNKNOWN = "session_state_unknown"  # changed out of sight: being read back
@@ -37,8 +36,6 @@ class Bypass(StrEnum):
     CATALOG_UNKNOWN = "catalog_unknown"
     RELATION_KIND = "relation_kind"  # sequence, foreign, unlogged, RLS, unknown relation
     EXCLUDED_TABLE = "excluded_table"
-    PARAMETERS = "parameters"  # a scope value bound in binary format, ...
-    ROW_LIMIT = "row_limit"  # Execute with max_rows > 0
     REQUEST_SHAPE = "request_shape"  # a pipeline mixing cacheable and other requests
     REPLICATION_BEHIND = "replication_behind"  # the stream's reader may be behind (fence)
 
@@ -176,16 +173,16 @@ def plan_write(
     operation = analysis.kind.value.upper()
     written = analysis.tables_written
     if analysis.ddl or analysis.kind in _MAY_CHANGE_CATALOG:
-        return _whole_database(ns, written, operation, catalog_changed=True)
+        return whole_database(ns, operation, written, catalog_changed=True)
     if analysis.writes_unknown:
-        return _whole_database(ns, written, operation)
+        return whole_database(ns, operation, written)
     if not written:
         return None
     if catalog is None:
-        return _whole_database(ns, written, operation)
+        return whole_database(ns, operation, written)
     targets, unknown_reach = catalog.write_targets(written)
     if unknown_reach:
-        return _whole_database(ns, written, operation)
+        return whole_database(ns, operation, written)
     first = bare(sorted(written)[0])
     confined = _confined(analysis, params, policy.scope_columns) if len(written) == 1 else {}
     bumps: set[str] = set()
@@ -206,9 +203,11 @@ def plan_write(
 _MAY_CHANGE_CATALOG = frozenset({Kind.DDL, Kind.GRANT, Kind.CALL, Kind.EXECUTE, Kind.UNKNOWN})
 
 
-def _whole_database(
-    ns: Namespace, written: Iterable[str], operation: str, *, catalog_changed: bool = False
+def whole_database(
+    ns: Namespace, operation: str, written: Iterable[str] = (), *, catalog_changed: bool = False
 ) -> WritePlan:
+    """A write whose reach is unknown: the database's epoch (and its `ddl` counter when the
+    catalog may have changed) is bumped, which every read of the database depends on."""
     tables = frozenset(bare(t) for t in written) or frozenset({"*"})
     bumps = frozenset({ns.epoch, ns.ddl} if catalog_changed else {ns.epoch})
     return WritePlan(bumps, "*", tables, operation, None, True, catalog_changed)

@@ -54,7 +54,7 @@ from cache import entry
 from cache.backend import Lookup
 from cache.eligibility import CACHED_ENCODING, SessionFacts, bypass, relayed_read_reason
 from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
-from cache.planner import Bypass, ReadPlan, WritePlan, plan_write
+from cache.planner import Bypass, ReadPlan, WritePlan, plan_write, whole_database
 from cache.service import CacheService, DatabaseContext, Marked
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
@@ -970,7 +970,7 @@ class SessionCache:
 
     def _unknown_write(self) -> WritePlan:
         ns = self._context().namespace
-        return WritePlan(frozenset({ns.epoch}), "*", frozenset({"*"}), "UNKNOWN", None, True)
+        return whole_database(ns, "UNKNOWN")
 
     def transaction_ended(self, committed: bool) -> Callable[[], Awaitable[object]] | None:
         """ReadyForQuery with status I: an implicit transaction committed or rolled back."""

@@ -50,7 +50,7 @@ from cache.pgoutput import (
     pg_time_us,
     unix_seconds,
 )
-from cache.planner import WritePlan
+from cache.planner import whole_database
 from proxy.pgclient import PgError
 from proxy.walsender import WalSender
 
@@ -470,7 +470,7 @@ class Replication:
         await conn.execute(f"CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT")
         # Changes before the slot existed were not followed: forget what was cached.
         ns = self.service.context(self.database).namespace
-        plan = WritePlan(frozenset({ns.epoch}), "*", frozenset({"*"}), "RESYNC", None, True)
+        plan = whole_database(ns, "RESYNC")
         await self.service.invalidate(self.database, [plan], source="replication")
         log.warning("replication: created slot %s; cached results of %s invalidated",
                     slot, self.database)  # fmt: skip
