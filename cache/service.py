@@ -80,6 +80,19 @@ class Marked:
 
 
 @dataclass(frozen=True, slots=True)
+class Invalidate:
+    """What the cache must write before a client learns that its transaction ended
+    (invariant 2); the session holds that message until `CacheService.settle` is done."""
+
+    database: str
+    plans: tuple[WritePlan, ...] = ()
+    marked: Marked = Marked()  # in-flight marks that this ends
+    prepared: str | None = None  # PREPARE TRANSACTION gid: keep `plans` for its COMMIT
+    finished: str | None = None  # COMMIT / ROLLBACK PREPARED gid
+    committed: bool = True  # (with `finished`) COMMIT PREPARED, not ROLLBACK PREPARED
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseContext:
     """What a session needs to plan statements against one database."""
 
@@ -413,6 +426,17 @@ class CacheService:
         ns = self.context(database).namespace
         keys = await self.backend.load_prepared(ns.prepared(gid))
         return await self.mark(keys) if keys else Marked()
+
+    async def settle(self, work: Invalidate) -> bool:
+        """Write what a transaction's end requires (`Invalidate`); False when it could not
+        be written (the backend then heals with an epoch bump, invariant 5)."""
+        if work.prepared is not None:
+            return await self.save_prepared(work.database, work.prepared, work.plans)
+        if work.finished is not None:
+            return await self.finish_prepared(
+                work.database, work.finished, work.committed, work.marked
+            )
+        return await self.invalidate(work.database, work.plans, marked=work.marked)
 
     async def invalidate(
         self,

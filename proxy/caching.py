@@ -55,7 +55,7 @@ from cache.backend import Lookup
 from cache.eligibility import CACHED_ENCODING, SessionFacts, bypass, relayed_read_reason
 from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
 from cache.planner import Bypass, ReadPlan, WritePlan, plan_write, whole_database
-from cache.service import CacheService, DatabaseContext, Marked
+from cache.service import CacheService, DatabaseContext, Invalidate, Marked
 from proxy import codec
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError, ProxyError
@@ -892,7 +892,7 @@ class SessionCache:
     # --- writes ----------------------------------------------------------------------
 
     def completed(self, statement: StatementAnalysis | None, params: tuple[str | None, ...],
-                  tag: bytes) -> Callable[[], Awaitable[object]] | None:
+                  tag: bytes) -> Invalidate | None:
         """A statement completed (CommandComplete): collect its writes; at COMMIT, return
         the invalidation the session must await before the client sees this message."""
         session = self.session
@@ -905,14 +905,16 @@ class SessionCache:
             return None
         if tag == b"PREPARE TRANSACTION\x00" and txn is not None and txn.gid is not None:
             plans, self.writes = self.writes, []
-            gid = txn.gid
-            return lambda: self.service.save_prepared(database, gid, plans)
+            return Invalidate(database, tuple(plans), prepared=txn.gid)
         if txn is not None and txn.gid is not None and txn.command in (
             TxnCommand.COMMIT_PREPARED, TxnCommand.ROLLBACK_PREPARED
         ):
-            gid, committed = txn.gid, txn.command is TxnCommand.COMMIT_PREPARED
-            marked = self._due(self._commit_due(statement))
-            return lambda: self.service.finish_prepared(database, gid, committed, marked)
+            return Invalidate(
+                database,
+                marked=self._due(self._commit_due(statement)),
+                finished=txn.gid,
+                committed=txn.command is TxnCommand.COMMIT_PREPARED,
+            )
         if statement is None:
             self.writes.append(self._unknown_write())
             self.unknown = True
@@ -972,21 +974,24 @@ class SessionCache:
         ns = self._context().namespace
         return whole_database(ns, "UNKNOWN")
 
-    def transaction_ended(self, committed: bool) -> Callable[[], Awaitable[object]] | None:
+    def transaction_ended(self, committed: bool) -> Invalidate | None:
         """ReadyForQuery with status I: an implicit transaction committed or rolled back."""
         if not committed:
             self.writes.clear()
             return None  # (its marks are ended by `ready`)
         return self._flush_writes(self._readies + 1)
 
-    def _flush_writes(self, due: int) -> Callable[[], Awaitable[object]] | None:
+    def _flush_writes(self, due: int) -> Invalidate | None:
         """The invalidation of the collected writes, ending the marks due by `due`."""
         marked = self._due(due)
         if not self.writes and not marked.tokens:
             return None
         plans, self.writes = self.writes, []
-        database = self.session.database
-        return lambda: self.service.invalidate(database, plans, marked=marked)
+        return Invalidate(self.session.database, tuple(plans), marked)
+
+    async def settle(self, work: Invalidate) -> None:
+        """Write `work` (the session holds the client's message meanwhile)."""
+        await self.service.settle(work)
 
     # --- in-flight marks -----------------------------------------------------------------
 

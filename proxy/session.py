@@ -29,7 +29,7 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -56,13 +56,11 @@ from proxy.upstream import UpstreamProtocol, connect
 if TYPE_CHECKING:
     import ssl
 
-    from cache.service import CacheService
+    from cache.service import CacheService, Invalidate
     from proxy.caching import SessionCache
     from proxy.config import Config
     from proxy.metrics import Latency, Stats
     from proxy.tls import UpstreamTLS
-
-Barrier = Callable[[], Awaitable[object]]
 
 log = logging.getLogger("pgreactive.session")
 
@@ -656,7 +654,7 @@ class ClientSession(asyncio.Protocol):
                     self._error(payload)
                 tracker.on_backend(tag, payload)
             else:
-                barrier: Barrier | None = None
+                barrier: Invalidate | None = None
                 head = tracker.pending[0] if tracker.pending else None
                 replacement = cache.observe(tag, payload, head) if cache is not None else None
                 if tag == _COMMAND_COMPLETE:
@@ -806,7 +804,7 @@ class ClientSession(asyncio.Protocol):
 
     async def _after_barrier(
         self,
-        barrier: Barrier,
+        barrier: Invalidate,
         held: bytes,
         data: bytes,
         messages: list[tuple[int, bytes, int]],
@@ -815,7 +813,8 @@ class ClientSession(asyncio.Protocol):
         per_message: bool,
     ) -> None:
         try:
-            await barrier()
+            assert self.cache is not None
+            await self.cache.settle(barrier)
         except Exception:  # the cache never fails a query: log and go on
             log.exception("conn=%d invalidation failed", self.id)
         if self.state is State.CLOSED or self.client is None:
@@ -885,7 +884,7 @@ class ClientSession(asyncio.Protocol):
 
     # --- session settings ----------------------------------------------------------
 
-    def _command_complete(self, tag: bytes, head: Pending | None) -> Barrier | None:
+    def _command_complete(self, tag: bytes, head: Pending | None) -> Invalidate | None:
         """Track settings, transaction ends and (with the cache) writes at CommandComplete.
 
         A transaction ends at its COMMIT / ROLLBACK / PREPARE TRANSACTION CommandComplete
@@ -958,7 +957,7 @@ class ClientSession(asyncio.Protocol):
         prepared = self.tracker.statements.get(statement) if statement is not None else None
         return prepared.sql if prepared is not None else ""
 
-    def _ready(self) -> Barrier | None:
+    def _ready(self) -> Invalidate | None:
         """ReadyForQuery: settings and writes of an implicit transaction that just ended."""
         self._completed_in_query = 0
         barrier = None
