@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgreactive.session")
 
 _ids = itertools.count(1)
+_SHUTTING_DOWN = ShuttingDown("terminating connection due to administrator command")
 
 # Backend messages the relay decodes; everything else (DataRow above all) is skipped.
 _DECODED = frozenset(
@@ -715,8 +716,8 @@ class ClientSession(asyncio.Protocol):
             # ReadyForQuery, so that ReadyForQuery is not taken for theirs.
             early, self._held_at_auth = self._held_at_auth, []
             self.client_messages(early)
-        if self.draining and tracker.idle() and self.scanner.at_boundary():
-            self.close(ShuttingDown("terminating connection due to administrator command"))
+        if self.draining:
+            self._close_if_drained()
 
     def _relay_plain(self, data: bytes, messages: list[tuple[int, bytes, int]]) -> None:
         """`_relay_upstream` without a cache: account for the messages, send the chunk."""
@@ -724,8 +725,8 @@ class ClientSession(asyncio.Protocol):
         for tag, payload, _ in messages:
             plain_message(tag, payload)
         self.write_client(data)
-        if self.draining and self.tracker.idle() and self.scanner.at_boundary():
-            self.close(ShuttingDown("terminating connection due to administrator command"))
+        if self.draining:
+            self._close_if_drained()
 
     def _relay_plain_fresh(self, data: bytes) -> None:
         """`_relay_plain` for a chunk that starts at a message boundary (the usual case):
@@ -779,8 +780,8 @@ class ClientSession(asyncio.Protocol):
         client = self.client
         if client is not None:
             client.write(data)
-        if self.draining and tracker.idle() and self.scanner.at_boundary():
-            self.close(ShuttingDown("terminating connection due to administrator command"))
+        if self.draining:
+            self._close_if_drained()
 
     def _plain_message(self, tag: int, payload: bytes) -> None:
         tracker = self.tracker
@@ -1028,8 +1029,16 @@ class ClientSession(asyncio.Protocol):
     def drain(self) -> None:
         """Shutdown: close now if nothing is in flight, else after the current work."""
         self.draining = True
-        if self.state is not State.READY or (self.tracker.idle() and self.scanner.at_boundary()):
-            self.close(ShuttingDown("terminating connection due to administrator command"))
+        if self.state is not State.READY:
+            self.close(_SHUTTING_DOWN)
+        else:
+            self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        """Shutting down: close with 57P01 (as Postgres does on a fast shutdown) once
+        nothing is in flight and the client stream is at a message boundary."""
+        if self.tracker.idle() and self.scanner.at_boundary():
+            self.close(_SHUTTING_DOWN)
 
     def terminate(self) -> None:
         self.state = State.CLOSED
