@@ -931,7 +931,7 @@ class SessionCache:
                 self.temporary = False
             elif change.action == "set" and change.value is None:
                 self.unknown = True  # a value the proxy cannot read: read it back
-            if change.action in ("discard_all", "discard_plans"):
+            if change.action == "discard_all":  # (DISCARD PLANS keeps the statements)
                 self.deferred.clear()
                 self.client_statements.clear()
         if statement.kind is Kind.DEALLOCATE and statement.statement_name is None:

@@ -194,3 +194,26 @@ def test_psycopg_default_reads_leave_nothing_held(env: Env) -> None:
     with psycopg.connect(dsn(PG_HOST, PG_PORT, dbname=env.db), autocommit=True) as admin:
         admin.execute("SET lock_timeout = '1s'")
         admin.execute("ALTER TABLE tab1 ADD COLUMN IF NOT EXISTS c int")
+
+
+def test_discard_plans_keeps_a_deferred_statement(env: Env) -> None:
+    """DISCARD PLANS drops cached plans, not prepared statements: a statement whose Parse a
+    hit deferred must still reach Postgres before its next Bind."""
+    sql = "SELECT b FROM tab1 WHERE a = 2"
+    unit = wire.parse("s9", sql) + wire.bind("", "s9") + wire.execute() + wire.sync()
+    with _raw(env) as client:  # fill
+        for _ in range(2):
+            client.send(unit.replace(b"s9", b"s8"))
+            client.read_until(b"Z")
+            client.send(wire.close("S", "s8") + wire.sync())
+            client.read_until(b"Z")
+    script = [
+        (unit, b"Z"),  # through the proxy: a hit, the Parse deferred
+        (wire.query("DISCARD PLANS"), b"Z"),
+        (wire.bind("", "s9") + wire.execute() + wire.sync(), b"Z"),
+    ]
+    before = scrape(env.proxy)
+    proxied, direct = _both(env, script)
+    assert "hit" in decisions(before, scrape(env.proxy))
+    assert proxied == direct
+    assert not any(tag.startswith("E:") for tag in direct)
