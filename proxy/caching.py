@@ -80,6 +80,8 @@ _STATEMENTS = (Request.QUERY, Request.EXECUTE)
 _MARKED = (Request.EXECUTE, Request.FUNCTION_CALL)  # (and Query) may commit writes
 _WRITE_KINDS = frozenset({Kind.INSERT, Kind.UPDATE, Kind.DELETE, Kind.MERGE})
 _CLOSE_UNNAMED_STATEMENT = codec.message(FrontendTag.CLOSE, b"S\x00")
+_SYNC = codec.message(FrontendTag.SYNC)
+_QUIET = object()  # a hidden request whose ErrorResponse the client does not see
 _REREAD_QUERY = codec.message(FrontendTag.QUERY, REREAD_SQL.encode() + b"\x00")
 _STARTUP_QUERY = codec.message(FrontendTag.QUERY, STARTUP_SQL.encode() + b"\x00")
 
@@ -383,20 +385,26 @@ class SessionCache:
         self.session.tracker.push(pending)
         self.session.capture_all(True)
 
-    def _undefer(self, name: str, out: list[bytes]) -> None:
+    def _undefer(self, name: str, out: list[bytes], *, synced: bool = False) -> None:
         """Send a Parse answered from the cache before the first message that needs it.
 
         It stays deferred until its (hidden) ParseComplete arrives: if it fails or is
-        skipped after an error, the next use sends it again.
+        skipped after an error, the next use sends it again.  `synced`: before a simple
+        Query, it is closed by a Sync of the proxy's own, and its error is not relayed (a
+        failed Parse would otherwise make Postgres skip that Query, waiting for a Sync).
         """
         deferred = self.deferred.get(name)
         if deferred is not None and name not in self.undeferring:
             self.undeferring.add(name)
             raw, sql, oids = deferred
             self._push_hidden(
-                Pending(Request.PARSE, name=name, sql=sql, param_oids=oids, hidden=True)
+                Pending(Request.PARSE, name=name, sql=sql, param_oids=oids, hidden=True,
+                        capture=_QUIET if synced else None)
             )
             out.append(raw)
+            if synced:
+                self._push_hidden(Pending(Request.SYNC, hidden=True))
+                out.append(_SYNC)
 
     # --- reads: simple Query -----------------------------------------------------------
 
@@ -408,7 +416,9 @@ class SessionCache:
         if analysis.kind is not Kind.SELECT:
             for statement in analysis.statements:
                 if statement.kind is Kind.DEALLOCATE and statement.statement_name:
-                    self._undefer(statement.statement_name, out)  # it must exist upstream
+                    # It must exist upstream (unless the client's own extended messages
+                    # are open: then their Sync is the client's to send).
+                    self._undefer(statement.statement_name, out, synced=not self.unsynced)
             return False
         if self.unsynced:
             # Extended messages went up without a Sync: this Query must go up to end their
@@ -796,7 +806,9 @@ class SessionCache:
             )
         tracker = self.session.tracker
         if self.undeferring:  # those whose Parse failed or was skipped stay deferred
-            self.undeferring = {p.name for p in tracker.pending if p.hidden}
+            self.undeferring = {
+                p.name for p in tracker.pending if p.hidden and p.request is Request.PARSE
+            }
         if tracker.status is TxnStatus.IDLE:
             self.client_portals.clear()  # portals end with their transaction
             self.virtual_portals.clear()
@@ -855,7 +867,7 @@ class SessionCache:
                 self._reread_done(reread)
                 self._decode_all_if_needed(ending=head)
             return b""
-        if tag == BackendTag.ERROR_RESPONSE:
+        if tag == BackendTag.ERROR_RESPONSE and head.capture is not _QUIET:
             return None  # it stands for the client's own request: the client learns why
         if tag == BackendTag.PARSE_COMPLETE:
             self.parse_confirmed(head.name)

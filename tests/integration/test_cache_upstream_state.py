@@ -24,6 +24,8 @@ from tests.integration.upstream_state import assert_upstream_idle
 SCHEMA = """
 create table tab1 (a int primary key, b int);
 insert into tab1 values (1, 10), (2, 20);
+create table gone (a int primary key);
+insert into gone values (1);
 """
 
 
@@ -217,3 +219,31 @@ def test_discard_plans_keeps_a_deferred_statement(env: Env) -> None:
     assert "hit" in decisions(before, scrape(env.proxy))
     assert proxied == direct
     assert not any(tag.startswith("E:") for tag in direct)
+
+
+def test_deallocate_of_a_deferred_statement_whose_parse_now_fails_does_not_hang(
+    env: Env,
+) -> None:
+    """`DEALLOCATE s` of a statement whose Parse a hit deferred sends that Parse first; if it
+    now fails (the table is gone), Postgres must not be left skipping the DEALLOCATE until a
+    Sync that never comes: the client gets an answer and its session goes on."""
+    from tests.integration.cache_env import admin
+
+    sql = "SELECT a FROM gone WHERE a = 1"
+    unit = wire.parse("s6", sql) + wire.bind("", "s6") + wire.execute() + wire.sync()
+    with _raw(env) as filler:
+        for _ in range(2):
+            filler.send(unit.replace(b"s6", b"s5"))
+            filler.read_until(b"Z")
+            filler.send(wire.close("S", "s5") + wire.sync())
+            filler.read_until(b"Z")
+    before = scrape(env.proxy)
+    with _raw(env) as client:
+        client.send(unit)  # a hit: s6's Parse is deferred
+        client.read_until(b"Z")
+        assert "hit" in decisions(before, scrape(env.proxy))
+        admin("drop table gone", env.db)
+        reply = _tags(client.simple_query("DEALLOCATE s6"))  # answered, not hung
+        assert reply[-1] == "Z"
+        assert _tags(client.simple_query("SELECT 1"))[-2:] == ["C:SELECT 1", "Z"]
+    assert_upstream_idle([env.proxy])
