@@ -57,6 +57,7 @@ from cache.keys import entry_digest, settings_digest, unit_digest, unit_prefix
 from cache.planner import Bypass, ReadPlan, WritePlan, plan_write, whole_database
 from cache.service import CacheService, DatabaseContext, Invalidate, Marked
 from proxy import codec
+from proxy.assembly import Unit, read_unit
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError, ProxyError
 from proxy.metrics import Latency, Stats
@@ -147,21 +148,6 @@ class Capture:
         elif tag not in _HARMLESS:
             self.ok = False  # an error, a notice, an empty query, a suspended portal, COPY
         return replacement
-
-
-@dataclass(slots=True)
-class Unit:
-    """One extended-protocol read request: [Parse] Bind [Describe portal] Execute."""
-
-    parse: codec.Parse | None
-    parse_raw: bytes | None
-    bind: bytes  # the Bind's payload: decoded only when the plan needs its parameters
-    statement: str
-    describe: bool
-    sql: str
-    param_oids: tuple[int, ...]
-    max_rows: int = 0
-    final: bool = True  # ends with Sync (else Flush: the segment goes on)
 
 
 class CacheSession(Protocol):
@@ -522,7 +508,7 @@ class SessionCache:
         self.segment = None
         planned = False
         if tag in (FrontendTag.SYNC, FrontendTag.FLUSH) and segment:
-            unit = self._unit(segment, final=tag == FrontendTag.SYNC)
+            unit = read_unit(segment, tag == FrontendTag.SYNC, self)
             if unit is not None:
                 if self._start_unit(unit, segment, raw, out):
                     return True
@@ -542,48 +528,20 @@ class SessionCache:
         self.session.write_client(codec.ready_for_query(self.session.tracker.status))
         return True
 
-    def _unit(self, segment: list[tuple[int, bytes]], final: bool) -> Unit | None:
-        """The segment as one cacheable read unit, or None."""
-        tags = bytes(t for t, _ in segment)
-        if tags not in (b"BE", b"BDE", b"PBE", b"PBDE"):
-            return None
-        parse = codec.decode_parse(segment[0][1][5:]) if tags[0] == ord("P") else None
-        bind = segment[len(tags) - (3 if b"D" in tags else 2)][1][5:]
-        portal, statement = codec.decode_bind_names(bind)
-        execute = segment[-1][1][5:]
-        if execute == b"\x00\x00\x00\x00\x00":  # the unnamed portal, no row limit
-            max_rows, execute_portal = 0, ""
-        else:
-            decoded = codec.decode_execute(execute)
-            max_rows = max(decoded.max_rows, 0)  # Postgres: zero or negative means no limit
-            execute_portal = decoded.portal
-        if execute_portal != portal or (max_rows and not final):
-            return None
-        if b"D" in tags:
-            describe = segment[-2][1][5:]
-            if describe != b"P" + portal.encode("utf-8", "surrogateescape") + b"\x00":
-                return None
-        tracker = self.session.tracker
-        if parse is not None:
-            if parse.statement != statement:
-                return None
-            if parse.statement and (
-                parse.statement in tracker.statements or parse.statement in self.deferred
-            ):
-                return None  # Postgres would refuse the duplicate name
-            return Unit(parse, segment[0][1], bind, statement, b"D" in tags, parse.query,
-                        parse.param_oids, max_rows, final)
-        known = tracker.statements.get(statement)
-        if not statement and self.unnamed_dropped:
-            known = None  # it exists upstream only: the client's Bind of it must fail
-        if known is not None and statement not in self.deferred:
-            return Unit(None, None, bind, statement, b"D" in tags, known.sql, known.param_oids,
-                        max_rows, final)
-        deferred = self.deferred.get(statement)
+    def known(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        """`assembly.Statements`: a statement as the client sees it (one a hit deferred
+        first; none for the unnamed one a simple-Query hit destroyed in its view)."""
+        deferred = self.deferred.get(name)
         if deferred is not None:
-            return Unit(None, None, bind, statement, b"D" in tags, deferred[1], deferred[2],
-                        max_rows, final)
-        return None
+            return deferred[1], deferred[2]
+        if not name and self.unnamed_dropped:
+            return None  # it exists upstream only: the client's Bind of it must fail
+        known = self.session.tracker.statements.get(name)
+        return (known.sql, known.param_oids) if known is not None else None
+
+    def taken(self, name: str) -> bool:
+        """`assembly.Statements`: a Parse of `name` would fail as a duplicate."""
+        return name in self.session.tracker.statements or name in self.deferred
 
     def _start_unit(
         self, unit: Unit, segment: list[tuple[int, bytes]], sync: bytes, out: list[bytes]

@@ -19,6 +19,7 @@ from tests.test_layers import GRAPH, modules
 PURE = sorted(
     {name for name in GRAPH if name.split(".")[0] == "analyzer"}
     | {
+        "proxy.assembly",
         "proxy.codec",
         "proxy.config",
         "proxy.errors",
