@@ -45,7 +45,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -58,6 +58,7 @@ from cache.planner import Bypass, ReadPlan, WritePlan, plan_write, whole_databas
 from cache.service import CacheService, DatabaseContext, Invalidate, Marked
 from proxy import codec
 from proxy.assembly import Unit, read_unit
+from proxy.capture import Capture
 from proxy.codec import BackendTag, FrontendTag, TxnStatus
 from proxy.errors import InternalError, ProxyError
 from proxy.metrics import Latency, Stats
@@ -72,8 +73,6 @@ _HOLD_BYTES = 256 * 1024  # client bytes held behind a lookup before the socket 
 PARSE_COMPLETE = codec.message(BackendTag.PARSE_COMPLETE)
 BIND_COMPLETE = codec.message(BackendTag.BIND_COMPLETE)
 _EXTENDED = frozenset(b"PBDE")
-_CAPTURED = frozenset(b"TDC")
-_HARMLESS = frozenset(b"SAZ123")  # ParameterStatus, notifications, completion messages
 _WRITE_TAGS = (b"INSERT ", b"UPDATE ", b"DELETE ", b"MERGE ")
 _UNPARSED = "(unparsed)"  # the shape of a read without a name or a fingerprint
 _READIES = (Request.QUERY, Request.SYNC, Request.FUNCTION_CALL)  # answered by ReadyForQuery
@@ -98,56 +97,6 @@ class SettingsReread:
     at_start: bool
     row: bytes | None = None
     failed: bool = False
-
-
-@dataclass(slots=True)
-class Capture:
-    """A miss being copied as it streams to the client, to fill the cache at the end."""
-
-    key: str
-    plan: ReadPlan
-    gens: str
-    database: str
-    shape: str | None
-    started: float
-    limit: int
-    max_rows: int = 0  # the client's row limit; upstream was asked for one row more
-    parts: list[bytes] = field(default_factory=list)
-    size: int = 0
-    rows: int = 0
-    ok: bool = True
-    complete: bool = False
-
-    def add(self, tag: int, payload: bytes) -> bytes | None:
-        """Copy one message; return what the client gets instead of it (None: itself).
-
-        With a row limit N the upstream Execute asked for N+1 rows, so the result is whole
-        when it ends in CommandComplete; the client still sees exactly Postgres's reply to
-        N: the (N+1)-th row is dropped, and CommandComplete after exactly N rows becomes
-        PortalSuspended (Postgres suspends as soon as it has sent N rows).
-        """
-        replacement = None
-        if tag == BackendTag.DATA_ROW:
-            self.rows += 1
-            if self.max_rows and self.rows > self.max_rows:
-                self.ok = False  # more rows than the client asked for: not the whole result
-                return b""
-        elif tag == BackendTag.COMMAND_COMPLETE and self.max_rows and self.rows == self.max_rows:
-            replacement = entry.PORTAL_SUSPENDED
-        if not self.ok:
-            return replacement
-        if tag in _CAPTURED:
-            self.size += len(payload) + 5
-            if self.size > self.limit:
-                self.ok = False  # too big: abandon the fill, the rest streams on
-                self.parts.clear()
-                return replacement
-            self.parts.append(codec.message(tag, payload))
-            if tag == BackendTag.COMMAND_COMPLETE:
-                self.complete = True
-        elif tag not in _HARMLESS:
-            self.ok = False  # an error, a notice, an empty query, a suspended portal, COPY
-        return replacement
 
 
 class CacheSession(Protocol):

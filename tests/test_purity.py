@@ -20,6 +20,7 @@ PURE = sorted(
     {name for name in GRAPH if name.split(".")[0] == "analyzer"}
     | {
         "proxy.assembly",
+        "proxy.capture",
         "proxy.codec",
         "proxy.config",
         "proxy.errors",
