@@ -120,5 +120,29 @@ def trimmed_after(state: StreamState | None, since: str) -> str | None:
     return None
 
 
+def lost_after(state: StreamState | None, since: str) -> bool:
+    """Whether some event after `since` may no longer be replayable (then the consumer must
+    resync): the stream dropped entries newer than `since` (trimmed to about
+    `events.stream_maxlen`, or deleted), or it never reached `since` (it was recreated).
+    Id 0 asks for all the stream holds: never lost.
+
+    Trimming removes the oldest entries, and Redis does not say which ids it removed: when
+    the oldest entry kept is newer than `since` and something was removed, an entry after
+    `since` may have been among them.  That answer is conservative (true also when exactly
+    the entries up to `since` went): a needless resync costs a revalidation, a missed one
+    would cost stale data."""
+    if parse_stream_id(since) == (0, 0):
+        return False
+    if state is None or newer(since, state.last):
+        return True  # no stream, or one that never reached `since`: it was recreated
+    if not newer(state.last, since):
+        return False  # nothing was added after `since`
+    if state.added is not None and state.added == state.length:
+        return False  # nothing was ever removed
+    if state.first is None or newer(state.first, since):
+        return True
+    return state.max_deleted is not None and newer(state.max_deleted, since)  # an XDEL
+
+
 def _text(value: Any) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
