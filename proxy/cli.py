@@ -248,7 +248,7 @@ async def serve(config: Config, reread: Callable[[], Config] | None = None) -> N
     if registering is not None:
         registering.cancel()
     if http is not None:
-        http.close()
+        await http.close()
     await server.shutdown()
     if cache is not None:
         await cache.close()

@@ -101,6 +101,8 @@ class EventsConfig:
     stream_maxlen: int = 10000
     requires_ack: bool = True
     source: str = ""
+    sse_heartbeat_seconds: float = 15.0  # GET /events: a ": ping" comment this often
+    sse_client_buffer: int = 1000  # GET /events: events queued per client before it is cut off
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,7 +638,10 @@ def _catalog(value: Any) -> CatalogConfig:
 
 def _events(value: Any) -> EventsConfig:
     raw = _mapping("events", value)
-    keys = ("channel", "stream_maxlen", "requires_ack", "source")
+    keys = (
+        "channel", "stream_maxlen", "requires_ack", "source", "sse_heartbeat_seconds",
+        "sse_client_buffer",
+    )
     _no_unknown("events.", raw, dict.fromkeys(keys))
     d = EventsConfig()
     channel = _str("events.channel", raw.get("channel", d.channel))
@@ -647,6 +652,14 @@ def _events(value: Any) -> EventsConfig:
         stream_maxlen=_int("events.stream_maxlen", raw.get("stream_maxlen", d.stream_maxlen), 1),
         requires_ack=_bool("events.requires_ack", raw.get("requires_ack", d.requires_ack)),
         source=_str("events.source", raw.get("source", d.source)),
+        sse_heartbeat_seconds=_float(
+            "events.sse_heartbeat_seconds",
+            raw.get("sse_heartbeat_seconds", d.sse_heartbeat_seconds),
+            positive=True,
+        ),
+        sse_client_buffer=_int(
+            "events.sse_client_buffer", raw.get("sse_client_buffer", d.sse_client_buffer), 1
+        ),
     )
 
 

@@ -9,12 +9,17 @@ Shell module, deliberately tiny: HTTP/1.0-style, one request per connection, GET
 
 With `metrics.token` set, `/metrics` and `/stats` answer only a request carrying
 ``Authorization: Bearer TOKEN`` (else 401); `/healthz` and `/readyz` stay open for probes.
+
+`/events` streams the invalidation events as Server-Sent Events (`proxy.sse`); it needs
+Redis, and is served only while this port is bound to a loopback address (403 otherwise):
+per-client token authorization is not implemented yet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -24,8 +29,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from cache.shapes import SORTS
-from proxy.config import Config
+from proxy.config import Config, events_channel
 from proxy.replication import reader_of
+from proxy.sse import BadRequest, EventHub, options, serve_events
 
 if TYPE_CHECKING:
     from cache.service import CacheService
@@ -43,6 +49,7 @@ class HttpEndpoints:
         self.registry = registry
         self.cache = cache
         self._server: asyncio.Server | None = None
+        self.hub: EventHub | None = None  # made by the first GET /events
 
     async def start(self) -> None:
         assert self.config.metrics is not None
@@ -53,22 +60,27 @@ class HttpEndpoints:
         host, port = self._server.sockets[0].getsockname()[:2]
         log.info("metrics on http://%s:%d/metrics", host, port)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.hub is not None:
+            await self.hub.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            authorization = ""
+            headers: dict[str, str] = {}
             async with asyncio.timeout(10):
                 request = await reader.readline()
                 while line := (await reader.readline()).strip():
                     name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "authorization":
-                        authorization = value.strip()
+                    headers[name.strip().lower()] = value.strip()
+            authorization = headers.get("authorization", "")
             parts = request.decode("latin-1").split()
             path, _, query = (parts[1] if len(parts) >= 2 else "").partition("?")
             method = parts[0] if parts else ""
+            if path == "/events" and method == "GET":
+                await self._events(reader, writer, query, headers.get("last-event-id", ""))
+                return
             if path in _PROTECTED and not self._authorized(authorization):
                 status, ctype, body = _UNAUTHORIZED
             else:
@@ -83,6 +95,49 @@ class HttpEndpoints:
             pass
         finally:
             writer.close()
+
+    async def _events(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        query: str,
+        last_event_id: str,
+    ) -> None:
+        refusal = self._events_refusal()
+        if refusal is None:
+            try:
+                keep, since = options(query, last_event_id)
+            except BadRequest as exc:
+                refusal = ("400 Bad Request", f"{exc}\n")
+            else:
+                if self.hub is None:
+                    assert self.config.redis_url is not None
+                    events = self.config.events
+                    channel = events_channel(self.config)
+                    self.hub = EventHub(self.config.redis_url, channel, events.sse_client_buffer)
+                heartbeat = self.config.events.sse_heartbeat_seconds
+                await serve_events(self.hub, heartbeat, reader, writer, keep, since)
+                return
+        status, text = refusal
+        body = text.encode()
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+
+    def _events_refusal(self) -> tuple[str, str] | None:
+        """Why GET /events is not served here, as (status, text); None: it is."""
+        if self.config.redis_url is None:
+            return "503 Service Unavailable", "events need Redis (redis.url)\n"
+        assert self.config.metrics is not None
+        if not _loopback(self.config.metrics.host):
+            return (
+                "403 Forbidden",
+                "GET /events is served only on a loopback metrics.listen address"
+                " (token authorization is not implemented yet)\n",
+            )
+        return None
 
     def _authorized(self, authorization: str) -> bool:
         token = self.config.metrics_token
@@ -139,6 +194,15 @@ class HttpEndpoints:
 
 _PROTECTED = frozenset({"/metrics", "/stats"})
 _UNAUTHORIZED = ("401 Unauthorized", "text/plain", b"a bearer token is required\n")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _stats_options(query: str) -> tuple[str, int | None]:

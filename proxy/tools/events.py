@@ -28,12 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import re
 import signal
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from redis.asyncio import Redis
@@ -44,60 +40,25 @@ from redis.exceptions import RedisError
 from cache.backend import parse_stream_id
 from cache.keys import bare
 from proxy.config import Config, ConfigError, events_channel
+from proxy.eventfeed import (
+    STREAM_ID,
+    EventFilter,
+    decode,
+    newer,
+    replay,
+    stream_state,
+    trimmed_after,
+)
 from proxy.registry import NotRegistered, adopt, channel_note, choose, registrations
 from proxy.tools import EXIT_CONFIG, Subcommands, redacted, tool_command, tool_config
 
 PROG = "pgreactive events tail"
 EXIT_REDIS = 1
 _CONNECT_TIMEOUT = 5.0  # seconds to reach Redis (and for each replay command)
-_REPLAY_BATCH = 1000  # stream entries per XRANGE
-_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 class RedisFailure(Exception):
     """Redis could not be reached or was lost; the message is the one line to print."""
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events to print: all of them, or those naming one of `tables` / `orgs`.
-
-    A whole-database invalidation (``"table": "*"``) reaches every table, so it passes a
-    table filter; ``organizationId`` must equal one of `orgs` exactly (an unscoped event
-    has null there and does not pass).
-    """
-
-    tables: frozenset[str] = frozenset()
-    orgs: frozenset[str] = frozenset()
-
-    def keeps(self, event: Mapping[str, Any]) -> bool:
-        if self.tables:
-            named = [event.get("table")]
-            listed = event.get("tables")
-            if isinstance(listed, list):
-                named += listed
-            if "*" not in named and not self.tables.intersection(named):
-                return False
-        return not self.orgs or event.get("organizationId") in self.orgs
-
-
-def newer(event_id: str, last: str | None) -> bool:
-    """Whether stream id `event_id` comes after `last` (always, when nothing was seen)."""
-    if last is None:
-        return True
-    try:
-        return parse_stream_id(event_id) > parse_stream_id(last)
-    except ValueError:
-        return True  # not an id of ours: nothing to deduplicate against
-
-
-def decode(payload: bytes) -> dict[str, Any] | None:
-    """The event object of a payload, or None when it is not a JSON object."""
-    try:
-        event = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return event if isinstance(event, dict) else None
 
 
 class Printer:
@@ -126,34 +87,21 @@ class Printer:
             self.out.flush()
 
 
-async def _replay(client: Redis, channel: str, printer: Printer) -> int:
-    """Print what the stream holds after `printer.last`; the number of entries read."""
+async def _replay(client: Redis, channel: str, since: str, printer: Printer) -> int:
+    """Print what the stream holds after `since`; the number of entries read."""
     count = 0
-    while True:
-        assert printer.last is not None
-        entries: Any = await client.xrange(channel, min=f"({printer.last}", count=_REPLAY_BATCH)
-        for entry_id, fields in entries:
-            printer.offer(fields.get(b"event", b""), entry_id.decode("ascii"))  # sets .last
-            count += 1
-        if len(entries) < _REPLAY_BATCH:
-            return count
+    async for entry_id, payload in replay(client, channel, since):
+        printer.offer(payload, entry_id)  # sets .last
+        count += 1
+    return count
 
 
 async def _trimmed_after(client: Redis, channel: str, since: str) -> str | None:
-    """The stream's oldest entry, when events between `since` and it may have been trimmed
-    (the stream keeps about `events.stream_maxlen` entries); else None."""
+    """The stream's oldest entry, when events after `since` may have been trimmed."""
     try:
-        info: Any = await client.xinfo_stream(channel)
+        return trimmed_after(await stream_state(client, channel), since)
     except RedisError:
-        return None  # no stream yet
-    first = info.get("first-entry")
-    added, length = info.get("entries-added"), info.get("length")
-    if not first or not isinstance(added, int) or not isinstance(length, int):
-        return None  # empty, or a Redis before 7.0 that does not count what it added
-    first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-    if added > length and newer(first_id, since):
-        return first_id
-    return None
+        return None
 
 
 async def _subscribe(pubsub: Any, channel: str, where: str) -> None:
@@ -172,7 +120,7 @@ async def _catch_up(client: Redis, channel: str, since: str, printer: Printer) -
     """Print the stream's events after `since`, saying on stderr how many and what the
     stream no longer had."""
     oldest = await _trimmed_after(client, channel, since)
-    replayed = await _replay(client, channel, printer)
+    replayed = await _replay(client, channel, since, printer)
     plural = "s" * (replayed != 1)
     print(f"{PROG}: replayed {replayed} event{plural} after {since}", file=sys.stderr)
     if oldest is not None and parse_stream_id(since) != (0, 0):
@@ -294,7 +242,7 @@ def add_commands(subparsers: Subcommands) -> None:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    if args.since is not None and not _STREAM_ID.fullmatch(args.since):
+    if args.since is not None and not STREAM_ID.fullmatch(args.since):
         args.parser.error(
             f"--since: expected an event id like 1764158400123-0, got {args.since!r}"
         )
