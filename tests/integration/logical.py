@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import urllib.error
@@ -22,38 +21,21 @@ from typing import Any
 import psycopg
 
 from tests.conftest import ProxyProcess, start_proxy
-from tests.integration.cluster import PG_BIN, Cluster, _as_postgres, free_port
+from tests.integration.cluster import Cluster, throwaway_cluster
 
 
 @contextlib.contextmanager
 def logical_cluster() -> Iterator[Cluster]:
-    directory = tempfile.mkdtemp(prefix="pgr-logical-")
-    shutil.chown(directory, "postgres", "postgres")
-    os.chmod(directory, 0o700)
-    cluster = Cluster(directory, free_port())
-    started = False
-    try:
-        _as_postgres(
-            f"{PG_BIN}/initdb", "-D", cluster.data, "-A", "trust", "-U", "postgres",
-            "-E", "UTF8", "--no-sync", "--no-instructions",
-        )  # fmt: skip
-        options = (
-            f"-p {cluster.port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10"
-        )
-        started = True
-        _as_postgres(
-            f"{PG_BIN}/pg_ctl", "-D", cluster.data, "-l", cluster.logfile, "-w", "-t", "60",
-            "-o", options, "start",
-        )  # fmt: skip
+    """A throwaway cluster (tests/integration/cluster.py) with ``wal_level = logical`` and
+    every role and replication connections trusted from 127.0.0.1."""
+    hba = (
+        "local all all trust\n"
+        "host all all 127.0.0.1/32 trust\n"
+        "host replication all 127.0.0.1/32 trust\n"
+    )
+    options = "-c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10"
+    with throwaway_cluster("pgr-logical-", hba=hba, options=options) as cluster:
         yield cluster
-    finally:
-        if started:
-            with contextlib.suppress(RuntimeError):
-                _as_postgres(
-                    f"{PG_BIN}/pg_ctl", "-D", cluster.data, "-m", "immediate", "-w", "stop"
-                )
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def replicating_proxy(
